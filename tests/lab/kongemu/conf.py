@@ -198,7 +198,7 @@ def parse_conf_text(text: str) -> dict[str, str]:
         line = _strip_comment(raw).strip()
         if not line or "=" not in line:
             continue
-        key, _, value = line.partition("=")
+        key, value = line.split("=", 1)
         values[key.strip().lower()] = value.strip()
     return values
 

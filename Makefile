@@ -1,0 +1,55 @@
+# kongops.upgrade: the two commands a newcomer runs are `make demo` and `make test`.
+# Both set up what they need on a fresh Debian machine (apt packages, Python venv).
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cksum < requirements-dev.txt | cut -d' ' -f1)
+LAB := tests/lab/lab
+PYTEST_ARGS ?=
+
+.PHONY: help setup system-packages demo test lint ruff ansible-lint sanity pytest lab-down clean
+
+help:
+	@echo "make demo    bring up the lab, run traffic through it, print the summary, tear it down"
+	@echo "make test    every check and test: ruff, ansible-lint, ansible-test sanity, pytest"
+	@echo "make setup   only install what the two above need (apt packages, $(VENV))"
+
+setup: system-packages $(STAMP)
+
+system-packages:
+	@tests/lab/setup-system.sh
+
+$(STAMP): requirements-dev.txt
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	@$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	@rm -f $(VENV)/.installed-* && touch $@
+
+demo: setup
+	@$(LAB) up; rc=0; \
+	  $(LAB) load --duration 20 || rc=$$?; \
+	  $(LAB) down; exit $$rc
+
+test: setup lint sanity pytest
+
+lint: ruff ansible-lint
+
+ruff:
+	$(VENV)/bin/ruff check .
+
+ansible-lint:
+	PATH=$(VENV)/bin:$$PATH $(VENV)/bin/ansible-lint --profile production
+
+sanity:
+	VENV=$(VENV) tests/sanity/run.sh
+
+pytest:
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lab-down:
+	@$(LAB) down
+
+clean: lab-down
+	rm -rf tests/output .pytest_cache .ruff_cache
