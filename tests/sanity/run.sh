@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Run `ansible-test sanity` (no ignore files) on this checkout.
 #
-# ansible-test must run from a directory whose path ends in
-# ansible_collections/<namespace>/<name>, and it bootstraps pip in its virtual
-# environments with a script it would download from the internet; both are
-# arranged here, so this works on a machine that reaches only package registries.
+# ansible-test must run from a directory whose real path ends in
+# ansible_collections/<namespace>/<name> (it resolves symlinks), so the files git
+# tracks or would track are copied into such a directory. It also bootstraps pip in
+# its virtual environments with a script it would download from the internet; a
+# local stand-in is put in its cache, so this works with only package registries.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 venv=${VENV:-$repo/.venv}
@@ -19,8 +20,9 @@ mkdir -p "$cache"
 install -m 0644 "$repo/tests/sanity/pip_bootstrap.py" "$cache/get_pip_${pip_version//./_}.py"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-mkdir -p "$work/ansible_collections/kongops"
-ln -s "$repo" "$work/ansible_collections/kongops/upgrade"
-cd "$work/ansible_collections/kongops/upgrade"
+dest="$work/ansible_collections/kongops/upgrade"
+mkdir -p "$dest"
+(cd "$repo" && git ls-files -co --exclude-standard -z | xargs -0 cp -P --parents -t "$dest")
+cd "$dest"
 export PATH="$venv/bin:$PATH"
 ansible-test sanity --venv --python 3.11 --color no "$@"
