@@ -1,0 +1,143 @@
+"""Fixtures and helpers for the lab tests (test_lab_*.py). Owned by the lab (labctl).
+
+Import with ``from labfixtures import ...``; pytest puts this directory on sys.path
+(rootdir import mode), and this module puts ``tests/lab`` on it for ``labctl``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+LAB_DIR = Path(__file__).resolve().parent.parent
+if str(LAB_DIR) not in sys.path:
+    sys.path.insert(0, str(LAB_DIR))
+
+LAB = LAB_DIR / "lab"
+REPO = LAB_DIR.parent.parent
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def lab_cli(*args: str, timeout: float = 300, check: bool = True,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``tests/lab/lab <args>`` and return the completed process."""
+    res = subprocess.run(
+        [str(LAB), *args], capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, **(env or {})}, check=False,
+    )
+    if check and res.returncode != 0:
+        raise AssertionError(
+            f"lab {' '.join(args)} exited {res.returncode}\nstdout:\n{res.stdout}\nstderr:\n{res.stderr}"
+        )
+    return res
+
+
+def poll(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
+    """Poll until ``predicate()`` is truthy; fail the test with ``what`` at the deadline."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last value: {last!r})")
+
+
+class RawHTTPServer:
+    """A tiny HTTP/1.1 server on loopback whose per-request behaviour a test scripts.
+
+    ``behaviour(conn_request_index, fresh_conn_index) -> str`` returns one of
+    ``"ok"`` (200 keep-alive, ``Via: 1.1 kong/3.10.0``), ``"close"`` (read the
+    request, close without a byte), ``"partial"`` (send ``HTTP/1.1 2`` then close).
+    """
+
+    def __init__(self, behaviour: Callable[[int, int], str]) -> None:
+        self.behaviour = behaviour
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(128)
+        self.port = int(self.sock.getsockname()[1])
+        self.connections = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+
+    def __enter__(self) -> RawHTTPServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with self._lock:
+                self.connections += 1
+                idx = self.connections
+            threading.Thread(target=self._serve, args=(conn, idx), daemon=True).start()
+
+    def _serve(self, conn: socket.socket, conn_index: int) -> None:
+        body = b'{"ok":true}'
+        with conn:
+            conn.settimeout(10)
+            buf = b""
+            n = 0
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    try:
+                        data = conn.recv(65536)
+                    except OSError:
+                        return
+                    if not data:
+                        return
+                    buf += data
+                _, buf = buf.split(b"\r\n\r\n", 1)
+                action = self.behaviour(n, conn_index)
+                n += 1
+                if action == "close":
+                    return
+                if action == "partial":
+                    conn.sendall(b"HTTP/1.1 2")
+                    return
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    b"Via: 1.1 kong/3.10.0\r\nServer: echo\r\n"
+                    + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+                )
+
+
+@contextlib.contextmanager
+def echo_server() -> Iterator[int]:
+    """The lab's echo service in-process on a free port; yields the port."""
+    from labctl import echo
+
+    server = echo.serve("127.0.0.1", 0)
+    port = int(server.server_address[1])
+    th = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    th.start()
+    try:
+        yield port
+    finally:
+        server.shutdown()
+        server.server_close()
