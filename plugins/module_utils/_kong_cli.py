@@ -1,0 +1,133 @@
+# -*- coding: utf-8 -*-
+# Copyright: kongops.upgrade contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Run one node's `kong` CLI the way an operator would (kong-facts 1, 2, 8).
+
+Private to the collection. Secrets go to the process environment, never the argv.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ansible.module_utils.basic import env_fallback
+
+from ansible_collections.kongops.upgrade.plugins.module_utils._version_rules import KongVersion, VersionError
+
+KONG_NODE_ARGSPEC = dict(
+    kong_executable=dict(type="path", default="kong"),
+    conf=dict(type="path"),
+    prefix=dict(type="path"),
+    environment=dict(type="dict", default={}),
+    pg_password=dict(type="str", no_log=True, fallback=(env_fallback, ["KONG_PG_PASSWORD"])),
+    db_timeout=dict(type="int"),
+    lock_timeout=dict(type="int", default=60),
+)
+
+SECRET_ENV = ("KONG_PG_PASSWORD", "KONG_PG_RO_PASSWORD")
+
+
+class KongCliError(Exception):
+    """The CLI could not be run or said something we cannot go on from."""
+
+
+class CommandResult:
+    """One finished CLI call, safe to return to the user (no secrets in argv)."""
+
+    def __init__(self, argv, rc, stdout, stderr):
+        self.argv = argv
+        self.rc = rc
+        self.stdout = stdout
+        self.stderr = stderr
+
+    @property
+    def error_line(self):
+        """Kong's `Error: ...` line on stderr, or the last stderr line."""
+        lines = [line.strip() for line in self.stderr.splitlines() if line.strip()]
+        for line in lines:
+            if line.startswith("Error:"):
+                return line
+        return lines[-1] if lines else ""
+
+    def as_dict(self):
+        return {
+            "cmd": " ".join(self.argv),
+            "rc": self.rc,
+            "stdout_lines": self.stdout.splitlines(),
+            "stderr_lines": self.stderr.splitlines(),
+        }
+
+
+class KongCli:
+    """A `kong` executable with one node's configuration, prefix and environment."""
+
+    def __init__(self, module, kong_executable="kong", conf=None, prefix=None, environment=None,
+                 pg_password=None, db_timeout=None, lock_timeout=None):
+        self.module = module
+        self.executable = kong_executable
+        self.conf = conf
+        self.prefix = prefix
+        self.db_timeout = db_timeout
+        self.lock_timeout = lock_timeout
+        self.environment = {}
+        for key, value in (environment or {}).items():
+            name = str(key).upper()
+            if not name.startswith("KONG_"):
+                name = "KONG_" + name
+            self.environment[name] = "" if value is None else str(value)
+        if pg_password:
+            self.environment["KONG_PG_PASSWORD"] = pg_password
+
+    @classmethod
+    def from_params(cls, module):
+        params = module.params
+        return cls(module, params["kong_executable"], params.get("conf"), params.get("prefix"),
+                   params.get("environment"), params.get("pg_password"), params.get("db_timeout"),
+                   params.get("lock_timeout"))
+
+    def resolve_executable(self):
+        path = self.executable
+        if os.sep not in path:
+            found = self.module.get_bin_path(path)
+            if not found:
+                raise KongCliError(
+                    "kong executable '%s' not found in PATH; set kong_executable to the path of "
+                    "the Kong binary of the version to run" % path)
+            return found
+        if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+            raise KongCliError("kong executable %s does not exist or is not executable; set "
+                               "kong_executable to the Kong binary of the version to run" % path)
+        return path
+
+    def check_inputs(self):
+        """Fail before running anything when a path the CLI needs is missing."""
+        self.resolve_executable()
+        if self.conf and not os.path.isfile(self.conf):
+            raise KongCliError("kong.conf %s does not exist; set conf to the node's configuration file" % self.conf)
+
+    def argv(self, args, with_conf=True, with_prefix=True, db_options=False):
+        argv = [self.resolve_executable()] + list(args)
+        if with_conf and self.conf:
+            argv += ["-c", self.conf]
+        if with_prefix and self.prefix:
+            argv += ["-p", self.prefix]
+        if db_options:
+            if self.db_timeout is not None:
+                argv += ["--db-timeout", str(self.db_timeout)]
+            if self.lock_timeout is not None:
+                argv += ["--lock-timeout", str(self.lock_timeout)]
+        return argv
+
+    def run(self, args, **argv_options):
+        argv = self.argv(args, **argv_options)
+        rc, out, err = self.module.run_command(argv, environ_update=self.environment, check_rc=False)
+        return CommandResult(argv, rc, out or "", err or "")
+
+    def version(self):
+        result = self.run(["version"], with_conf=False, with_prefix=False)
+        if result.rc != 0:
+            raise KongCliError("`%s` failed (rc=%s): %s" % (" ".join(result.argv), result.rc, result.error_line))
+        try:
+            return KongVersion.parse(result.stdout.strip().splitlines()[-1])
+        except (VersionError, IndexError) as exc:
+            raise KongCliError("could not read the Kong version from `kong version`: %s" % exc) from exc
