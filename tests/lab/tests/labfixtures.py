@@ -141,3 +141,82 @@ def echo_server() -> Iterator[int]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+# --------------------------------------------------------------------------- a running lab
+
+
+class LabHandle:
+    """What a test needs from a lab brought up with ``tests/lab/lab up``."""
+
+    def __init__(self, inventory_path: Path, up_stdout: str, up_stderr: str) -> None:
+        import json
+
+        import yaml
+
+        self.inventory_path = inventory_path
+        self.up_stdout = up_stdout
+        self.up_stderr = up_stderr
+        self.inventory = yaml.safe_load(inventory_path.read_text(encoding="utf-8"))
+        self.run_dir = inventory_path.parent
+        self.state = json.loads((self.run_dir / "lab.json").read_text(encoding="utf-8"))
+        self.pids = self.collect_pids()
+
+    @property
+    def group_vars(self) -> dict[str, Any]:
+        return dict(self.inventory["all"]["vars"])
+
+    def hosts(self, group: str) -> dict[str, dict[str, Any]]:
+        return dict(self.inventory["all"]["children"][group]["hosts"] or {})
+
+    def host(self, name: str) -> dict[str, Any]:
+        for group in self.inventory["all"]["children"].values():
+            if name in (group.get("hosts") or {}):
+                return dict(group["hosts"][name])
+        raise KeyError(name)
+
+    @property
+    def lb(self) -> dict[str, Any]:
+        return self.hosts("kong_lb")["lb1"]
+
+    @property
+    def frontend(self) -> str:
+        return str(self.group_vars["lab_frontend_url"])
+
+    @property
+    def load_targets(self) -> list[dict[str, Any]]:
+        return list(self.state["seed"]["load_targets"])
+
+    def collect_pids(self) -> list[int]:
+        from labctl.lab import lab_pids
+
+        return lab_pids(self.run_dir)
+
+
+def _kill_leftovers(pids: list[int]) -> list[int]:
+    """SIGKILL any of ``pids`` still alive (by pid only); return those that were alive."""
+    import signal
+
+    from labctl.proc import is_alive
+
+    alive = [p for p in pids if is_alive(p)]
+    for pid in alive:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return alive
+
+
+@contextlib.contextmanager
+def running_lab(*up_args: str) -> Iterator[LabHandle]:
+    """``lab up <args>``; yields a LabHandle; ``lab down`` afterwards, then kills by pid
+    whatever the lab recorded that is somehow still alive (never by name)."""
+    res = lab_cli("up", *up_args, check=False)
+    if res.returncode != 0:
+        raise AssertionError(f"lab up {' '.join(up_args)} failed ({res.returncode}):\n{res.stderr}")
+    handle = LabHandle(Path(res.stdout.strip().splitlines()[-1]), res.stdout, res.stderr)
+    try:
+        yield handle
+    finally:
+        pids = sorted(set(handle.pids) | set(handle.collect_pids()))
+        lab_cli("down", check=False)
+        _kill_leftovers(pids)

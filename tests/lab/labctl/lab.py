@@ -1,0 +1,707 @@
+"""Bring the lab up, report on it, and take it down (by pid) again.
+
+``run/lab.json`` records the options and every process the lab started (pid plus
+its start time, so a reused pid is never signalled), written after each start so a
+crashed ``lab up`` can still be cleaned up by ``lab down``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import fcntl
+import http.client
+import json
+import os
+import secrets
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from . import LabError
+from . import inventory as inv
+from .haproxy import BACKEND, HAProxySetup, LbServer, haproxy_binary
+from .kong import MODES, KongNode, PgSettings, declarative_format, install_version
+from .load import kong_version
+from .nginx import UPSTREAM, NginxSetup, nginx_binary
+from .paths import (
+    ECHO_HOST,
+    ECHO_PORT,
+    FRONTEND_HOST,
+    FRONTEND_PORT,
+    HAPROXY_ADMIN_TCP,
+    KONG_ADMIN_PORT,
+    KONG_CLUSTER_PORT,
+    KONG_PROXY_PORT,
+    KONG_STATUS_PORT,
+    LAB_DIR,
+    PG_HOST,
+    PG_PORT,
+    RunPaths,
+    default_run_dir,
+    node_host,
+)
+from .pg import PgCluster
+from .proc import (
+    ProcRef,
+    clean_env,
+    descendants,
+    is_alive,
+    port_in_use,
+    read_pidfile,
+    run,
+    spawn_daemon,
+    stop_process,
+    tcp_accepts,
+    wait_exit,
+    wait_until,
+)
+from .seed import generate as generate_seed
+
+STATE_FORMAT = 1
+LAB_LBS = ("haproxy", "nginx")
+
+
+def _say(msg: str) -> None:
+    """Progress goes to stderr, so stdout's last line stays the inventory path."""
+    print(f"lab: {msg}", file=sys.stderr, flush=True)
+
+
+def _vtuple(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in version.split(".")[:3])
+
+
+def http_get(url: str, headers: dict[str, str] | None = None,
+             timeout: float = 3.0) -> tuple[int, dict[str, str], bytes]:
+    """One GET on a fresh connection: (status, headers with lower-case names, body)."""
+    rest = url.split("://", 1)[1]
+    hostport, _, path = rest.partition("/")
+    host, _, port = hostport.partition(":")
+    conn = http.client.HTTPConnection(host, int(port or 80), timeout=timeout)
+    try:
+        conn.request("GET", "/" + path, headers=headers or {})
+        resp = conn.getresponse()
+        body = resp.read()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, body
+    finally:
+        conn.close()
+
+
+# --------------------------------------------------------------------------- options
+
+
+@dataclass
+class UpOptions:
+    x_version: str = "3.9.1"
+    y_version: str = "3.10.0"
+    x_nodes: int = 3
+    y_nodes: int = 3
+    mode: str = "traditional"
+    cp_version: str | None = None
+    lb: str = "haproxy"
+    seed_size: int = 50
+    db_update_frequency: float = 1.0
+
+    def validate(self) -> None:
+        for label, v in (("--x-version", self.x_version), ("--y-version", self.y_version),
+                         ("--cp-version", self.cp_version)):
+            if v is None:
+                continue
+            parts = v.split(".")
+            if len(parts) != 3 or not all(p.isdigit() for p in parts):
+                raise LabError(f"{label} must be a Kong OSS version X.Y.Z, got {v!r}")
+        if self.mode not in MODES:
+            raise LabError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.lb not in LAB_LBS:
+            raise LabError(f"--lb must be one of {', '.join(LAB_LBS)}, got {self.lb!r}")
+        if not 1 <= self.x_nodes <= 50:
+            raise LabError("--x-nodes must be between 1 and 50")
+        if not 0 <= self.y_nodes <= 50:
+            raise LabError("--y-nodes must be between 0 and 50")
+        if not 1 <= self.seed_size <= 200_000:
+            raise LabError("--seed-size must be between 1 and 200000")
+        if not 0.1 <= self.db_update_frequency <= 3600:
+            raise LabError("--db-update-frequency must be between 0.1 and 3600 seconds")
+        if self.mode != "hybrid" and self.cp_version is not None:
+            raise LabError("--cp-version only applies to --mode hybrid")
+        if self.mode == "hybrid":
+            cp = _vtuple(self.effective_cp_version)
+            x = _vtuple(self.x_version)
+            if x[0] != cp[0] or x[1] > cp[1]:
+                raise LabError(
+                    f"hybrid: X data planes {self.x_version} would be rejected by a "
+                    f"{self.effective_cp_version} control plane (kong-facts 9.1: same major, "
+                    "DP minor <= CP minor); choose another --cp-version"
+                )
+
+    @property
+    def effective_cp_version(self) -> str:
+        return self.cp_version or self.y_version
+
+
+# --------------------------------------------------------------------------- state
+
+
+@dataclass
+class LabState:
+    path: Path
+    data: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path) -> LabState | None:
+        try:
+            return cls(path, json.loads(path.read_text(encoding="utf-8")))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise LabError(f"cannot read lab state {path}: {exc}; remove it by hand after "
+                           "checking no lab process runs") from exc
+
+    def save(self) -> None:
+        tmp = self.path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.data, indent=2) + "\n", encoding="utf-8")
+        tmp.replace(self.path)
+
+    @property
+    def processes(self) -> dict[str, dict[str, Any]]:
+        return self.data.setdefault("processes", {})
+
+    def record(self, name: str, ref: ProcRef, kind: str, **info: Any) -> None:
+        self.processes[name] = {**ref.to_json(), "kind": kind, **info}
+        self.save()
+
+
+@dataclass
+class ComponentStatus:
+    name: str
+    kind: str
+    pid: int | None
+    alive: bool
+    address: str
+    note: str = ""
+
+
+@contextlib.contextmanager
+def _lab_lock(run_dir: Path) -> Iterator[None]:
+    """Serialise up/down on one run directory (flock on its parent directory)."""
+    parent = run_dir.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(parent, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise LabError(f"another `lab up`/`lab down` is running on {run_dir}; wait for it") from exc
+        yield
+    finally:
+        os.close(fd)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+# --------------------------------------------------------------------------- the lab
+
+
+class Lab:
+    def __init__(self, run_dir: Path | None = None) -> None:
+        self.paths = RunPaths((run_dir or default_run_dir()).resolve())
+
+    @property
+    def run_dir(self) -> Path:
+        return self.paths.root
+
+    def state(self) -> LabState | None:
+        return LabState.load(self.paths.state_file)
+
+    # ------------------------------------------------------------------ up
+
+    def up(self, opts: UpOptions) -> Path:
+        opts.validate()
+        with _lab_lock(self.run_dir):
+            existing = self.state()
+            if existing and any(
+                ProcRef.from_json(p).alive() for p in existing.processes.values()
+            ):
+                raise LabError(
+                    f"a lab is already running from {self.run_dir} (see `tests/lab/lab status`); "
+                    "run `tests/lab/lab down` first"
+                )
+            if self.run_dir.exists():
+                _say(f"cleaning up leftovers in {self.run_dir}")
+                self._down_locked(quiet=True)
+            self._preflight(opts)
+            state = LabState(self.paths.state_file)
+            started = time.monotonic()
+            try:
+                inventory = self._up(opts, state)
+            except BaseException as exc:
+                reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc)
+                _say(f"lab up failed: {reason}")
+                _say("tearing down what was started")
+                try:
+                    self._down_locked(quiet=True)
+                except LabError as down_exc:
+                    _say(f"teardown problem: {down_exc}")
+                if isinstance(exc, LabError):
+                    raise
+                if isinstance(exc, KeyboardInterrupt):
+                    raise LabError("lab up interrupted; everything it started was stopped") from exc
+                raise LabError(f"lab up failed unexpectedly: {exc!r}") from exc
+            _say(f"up in {time.monotonic() - started:.1f}s")
+            return inventory
+
+    def _preflight(self, opts: UpOptions) -> None:
+        if opts.lb == "haproxy":
+            haproxy_binary()
+        else:
+            nginx_binary()
+        from .pg import pg_bindir
+
+        pg_bindir()
+        addrs = [(PG_HOST, PG_PORT), (ECHO_HOST, ECHO_PORT), (FRONTEND_HOST, FRONTEND_PORT)]
+        if opts.lb == "haproxy":
+            addrs.append(HAPROXY_ADMIN_TCP)
+        for group, count in (("x", opts.x_nodes), ("y", opts.y_nodes)):
+            for i in range(1, count + 1):
+                host = node_host(group, i)
+                addrs += [(host, KONG_PROXY_PORT), (host, KONG_ADMIN_PORT), (host, KONG_STATUS_PORT)]
+        if opts.mode == "hybrid":
+            cp = node_host("cp", 1)
+            addrs += [(cp, KONG_ADMIN_PORT), (cp, KONG_STATUS_PORT), (cp, KONG_CLUSTER_PORT)]
+        busy = [f"{h}:{p}" for h, p in addrs if port_in_use(h, p)]
+        if busy:
+            raise LabError(
+                f"address(es) already in use: {', '.join(busy)}; another lab or Kong may be "
+                "running (`tests/lab/lab status`, `tests/lab/lab down`)"
+            )
+
+    def _up(self, opts: UpOptions, state: LabState) -> Path:
+        p = self.paths
+        p.root.mkdir(parents=True, exist_ok=True)
+        os.chmod(p.root, 0o755)
+        state.data.update(
+            {
+                "format": STATE_FORMAT,
+                "status": "starting",
+                "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "run_dir": str(p.root),
+                "options": asdict(opts),
+                "processes": {},
+            }
+        )
+        state.save()
+        secrets_data = {
+            "pg_admin_password": secrets.token_urlsafe(24),
+            "pg_kong_password": secrets.token_urlsafe(24),
+        }
+        fd = os.open(p.secrets_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(secrets_data, fh)
+
+        # (1) emulated Kong versions
+        versions = sorted({opts.x_version, opts.y_version}
+                          | ({opts.effective_cp_version} if opts.mode == "hybrid" else set()))
+        executables: dict[str, Path] = {}
+        for v in versions:
+            executables[v] = install_version(v, p.root)
+        _say(f"installed emulated Kong {', '.join(versions)}")
+
+        # (2) PostgreSQL
+        pg = PgCluster(p.pg, PG_HOST, PG_PORT, secrets_data["pg_admin_password"],
+                       kong_password=secrets_data["pg_kong_password"])
+        pg.init()
+        pg_ref = pg.start()
+        state.record("postgres", pg_ref, "postgres", address=f"{PG_HOST}:{PG_PORT}",
+                     data_dir=str(pg.data), match="postgres")
+        pg.create_kong_database()
+        _say(f"PostgreSQL {pg.server_version()} up on {PG_HOST}:{PG_PORT} (database kong)")
+        pg_settings = PgSettings(PG_HOST, PG_PORT, pg.kong_user, pg.kong_password, pg.kong_database)
+
+        # (3) echo upstream
+        p.echo.mkdir(parents=True, exist_ok=True)
+        echo_ref = spawn_daemon(
+            [sys.executable, "-m", "labctl.echo", "--host", ECHO_HOST, "--port", str(ECHO_PORT)],
+            log_path=p.echo / "echo.log",
+            env=clean_env({"PYTHONPATH": str(LAB_DIR)}),
+            cwd=LAB_DIR,
+        )
+        (p.echo / "echo.pid").write_text(f"{echo_ref.pid}\n", encoding="utf-8")
+        state.record("echo", echo_ref, "echo", address=f"http://{ECHO_HOST}:{ECHO_PORT}",
+                     match="labctl.echo")
+        wait_until(lambda: http_get(f"http://{ECHO_HOST}:{ECHO_PORT}/")[0] == 200, 15,
+                   "the echo service", hint=f"see {p.echo / 'echo.log'}")
+
+        # (4) nodes and seed
+        seed = generate_seed(opts.seed_size, declarative_format(opts.x_version), ECHO_HOST, ECHO_PORT)
+        seed.write(p.declarative)
+        state.data["seed"] = {"file": str(p.declarative), "units": seed.units, "counts": seed.counts,
+                              "total": seed.total, "load_targets": seed.load_targets}
+        state.save()
+        x_nodes, y_nodes, cp_nodes = self._plan_nodes(opts, executables)
+        for node in [*cp_nodes, *x_nodes]:
+            node.write_conf(pg_settings, opts.db_update_frequency)
+
+        if opts.mode in ("traditional", "hybrid"):
+            db_node = cp_nodes[0] if opts.mode == "hybrid" else x_nodes[0]
+            db_node.kong("migrations", "bootstrap", "-c", str(db_node.conf_path),
+                         what="kong migrations bootstrap", timeout=300)
+            t0 = time.monotonic()
+            db_node.kong("config", "db_import", str(p.declarative), "-c", str(db_node.conf_path),
+                         what="kong config db_import", timeout=900)
+            _say(f"database bootstrapped with Kong {db_node.version}; seeded {seed.total} entities "
+                 f"in {time.monotonic() - t0:.1f}s")
+        for cp in cp_nodes:
+            ref = cp.start()
+            self._record_node(state, cp, ref)
+            wait_until(lambda cp=cp: http_get(cp.admin_url + "/status")[0] == 200, 60,
+                       f"control plane {cp.name} Admin API /status", hint=f"see {cp.prefix}/logs")
+            _say(f"control plane {cp.name} (Kong {cp.version}) up at {cp.admin_url}")
+
+        self._start_nodes(state, x_nodes)
+        for node in x_nodes:
+            self._wait_node_ready(node, opts)
+        _say(f"{len(x_nodes)} X node(s) (Kong {opts.x_version}, {opts.mode}) up")
+
+        # (5) load balancer
+        servers = [LbServer(n.name, n.host, KONG_PROXY_PORT, KONG_STATUS_PORT, 100) for n in x_nodes]
+        servers += [LbServer(n.name, n.host, KONG_PROXY_PORT, KONG_STATUS_PORT, 0) for n in y_nodes]
+        lb_vars: dict[str, Any] = {
+            "kong_lb_driver": opts.lb,
+            "kong_lb_backend": BACKEND if opts.lb == "haproxy" else UPSTREAM,
+            "kong_lb_frontend_url": f"http://{FRONTEND_HOST}:{FRONTEND_PORT}",
+        }
+        if opts.lb == "haproxy":
+            hap = HAProxySetup(p.haproxy, FRONTEND_HOST, FRONTEND_PORT, HAPROXY_ADMIN_TCP, servers)
+            ref = hap.start()
+            state.record("haproxy", ref, "haproxy", address=f"http://{FRONTEND_HOST}:{FRONTEND_PORT}",
+                         admin_socket=str(hap.admin_socket),
+                         admin_tcp=f"{HAPROXY_ADMIN_TCP[0]}:{HAPROXY_ADMIN_TCP[1]}",
+                         pidfile=str(hap.pidfile), match="haproxy")
+            lb_vars.update(
+                {
+                    "kong_lb_haproxy_socket": str(hap.admin_socket),
+                    "kong_lb_haproxy_admin_tcp": f"{HAPROXY_ADMIN_TCP[0]}:{HAPROXY_ADMIN_TCP[1]}",
+                    "kong_lb_haproxy_state_file": str(hap.state_file),
+                    "kong_lb_haproxy_config": str(hap.config),
+                    "kong_lb_haproxy_pidfile": str(hap.pidfile),
+                    "kong_lb_haproxy_master_socket": str(hap.master_socket),
+                    "kong_lb_haproxy_binary": haproxy_binary(),
+                }
+            )
+        else:
+            ngx = NginxSetup(p.nginx, FRONTEND_HOST, FRONTEND_PORT, servers)
+            ref = ngx.start()
+            state.record("nginx", ref, "nginx", address=f"http://{FRONTEND_HOST}:{FRONTEND_PORT}",
+                         pidfile=str(ngx.pidfile), conf=str(ngx.config), match="nginx")
+            lb_vars.update(
+                {
+                    "kong_lb_nginx_upstream_file": str(ngx.upstream_file),
+                    "kong_lb_nginx_binary": nginx_binary(),
+                    "kong_lb_nginx_conf": str(ngx.config),
+                    "kong_lb_nginx_prefix": str(ngx.base),
+                    "kong_lb_nginx_pidfile": str(ngx.pidfile),
+                    "kong_lb_nginx_error_log": str(ngx.error_log),
+                }
+            )
+        frontend = f"http://{FRONTEND_HOST}:{FRONTEND_PORT}"
+        wait_until(lambda: self._served_by(frontend + "/", opts.x_version), 30,
+                   f"the {opts.lb} frontend {frontend} to proxy GET / to a Kong {opts.x_version} node")
+        _say(f"{opts.lb} frontend {frontend} proxies to Kong {opts.x_version}")
+
+        # (6) inventory
+        lab_vars = {
+            "lab_frontend_url": frontend,
+            "lab_run_dir": str(p.root),
+            "lab_state_file": str(p.state_file),
+            "lab_mode": opts.mode,
+            "lab_x_version": opts.x_version,
+            "lab_y_version": opts.y_version,
+            "lab_echo_url": f"http://{ECHO_HOST}:{ECHO_PORT}",
+            "lab_declarative_config": str(p.declarative),
+        }
+        if opts.mode == "hybrid":
+            lab_vars["lab_cp_version"] = opts.effective_cp_version
+        data = inv.build(
+            x_nodes=x_nodes, y_nodes=y_nodes, cp_nodes=cp_nodes,
+            pg={"host": PG_HOST, "port": PG_PORT, "user": pg.kong_user,
+                "password": pg.kong_password, "database": pg.kong_database},
+            lb_vars=lb_vars, lab_vars=lab_vars,
+        )
+        inv.write(data, p.inventory)
+        state.data.update({"status": "up", "frontend_url": frontend, "inventory": str(p.inventory),
+                           "lb": opts.lb, "mode": opts.mode,
+                           "nodes": {n.name: self._node_info(n) for n in [*cp_nodes, *x_nodes, *y_nodes]}})
+        state.save()
+        return p.inventory
+
+    def _plan_nodes(self, opts: UpOptions,
+                    executables: dict[str, Path]) -> tuple[list[KongNode], list[KongNode], list[KongNode]]:
+        root = self.paths.root
+        cp_nodes: list[KongNode] = []
+        cp_addr = None
+        if opts.mode == "hybrid":
+            cpv = opts.effective_cp_version
+            cp = KongNode("cp1", "cp", 1, cpv, executables[cpv], root, role="control_plane",
+                          database="postgres")
+            cp_nodes.append(cp)
+            cp_addr = f"{cp.host}:{KONG_CLUSTER_PORT}"
+
+        def make(group: str, i: int, version: str) -> KongNode:
+            if opts.mode == "traditional":
+                return KongNode(f"{group}{i}", group, i, version, executables[version], root)
+            if opts.mode == "dbless":
+                return KongNode(f"{group}{i}", group, i, version, executables[version], root,
+                                database="off", declarative_config=self.paths.declarative)
+            return KongNode(f"{group}{i}", group, i, version, executables[version], root,
+                            role="data_plane", database="off", cluster_control_plane=cp_addr)
+
+        x_nodes = [make("x", i, opts.x_version) for i in range(1, opts.x_nodes + 1)]
+        y_nodes = [make("y", i, opts.y_version) for i in range(1, opts.y_nodes + 1)]
+        return x_nodes, y_nodes, cp_nodes
+
+    @staticmethod
+    def _node_info(node: KongNode) -> dict[str, Any]:
+        return {"version": node.version, "executable": str(node.executable), "prefix": str(node.prefix),
+                "conf": str(node.conf_path), "role": node.role, "database": node.database,
+                "address": node.host, "group": node.group}
+
+    def _record_node(self, state: LabState, node: KongNode, ref: ProcRef) -> None:
+        state.record(f"node:{node.name}", ref, "kong", node=node.name, version=node.version,
+                     executable=str(node.executable), prefix=str(node.prefix),
+                     address=node.host, match="kong")
+
+    def _start_nodes(self, state: LabState, nodes: list[KongNode]) -> None:
+        errors: list[str] = []
+        with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, len(nodes))) as pool:
+            futures = {pool.submit(n.start): n for n in nodes}
+            for fut in concurrent.futures.as_completed(futures):
+                node = futures[fut]
+                try:
+                    ref = fut.result()
+                except LabError as exc:
+                    errors.append(str(exc))
+                    pid = node.running_pid()
+                    if pid:
+                        self._record_node(state, node, ProcRef.of(pid))
+                    continue
+                self._record_node(state, node, ref)
+        if errors:
+            raise LabError("; ".join(errors))
+
+    def _wait_node_ready(self, node: KongNode, opts: UpOptions) -> None:
+        hint = f"see {node.prefix}/logs/error.log"
+        wait_until(lambda: http_get(node.status_url + "/status")[0] == 200, 60,
+                   f"{node.name} status listener {node.status_url}/status", hint=hint)
+        wait_until(lambda: self._served_by(node.proxy_url + "/", node.version), 60,
+                   f"{node.name} to proxy GET / with the seeded configuration", hint=hint)
+
+    @staticmethod
+    def _served_by(url: str, version: str) -> bool:
+        status, headers, _ = http_get(url)
+        if status != 200:
+            raise LabError(f"GET {url} answered {status}")
+        got = kong_version(headers.get("via"), headers.get("server"))
+        if got != version:
+            raise LabError(f"GET {url} was answered by Kong {got}, expected {version}")
+        return True
+
+    # ------------------------------------------------------------------ down
+
+    def down(self) -> list[str]:
+        with _lab_lock(self.run_dir):
+            return self._down_locked()
+
+    def _down_locked(self, quiet: bool = False) -> list[str]:
+        """Stop everything (LB, Kong nodes, echo, PostgreSQL), remove run/. Returns notes."""
+        notes: list[str] = []
+
+        def say(msg: str) -> None:
+            notes.append(msg)
+            if not quiet:
+                _say(msg)
+
+        if not self.run_dir.exists():
+            return notes
+        state = self.state() or LabState(self.paths.state_file, {})
+        procs = state.processes
+
+        # load balancers first: traffic stops before nodes go
+        for name, pidfile, match in (("haproxy", self.paths.haproxy / "haproxy.pid", "haproxy"),
+                                     ("nginx", self.paths.nginx / "nginx.pid", "nginx")):
+            ref = self._ref(procs.get(name), pidfile, match)
+            if ref is not None:
+                self._stop_tree(ref, signal.SIGTERM, 15.0, say, name)
+
+        # Kong nodes: every prefix under run/nodes (the lab's and any the collection started)
+        node_refs: list[tuple[str, ProcRef, Path | None, Path]] = []
+        seen_pids: set[int] = set()
+        nodes_dir = self.paths.nodes
+        prefixes = sorted(nodes_dir.iterdir()) if nodes_dir.is_dir() else []
+        # data planes and traditional nodes before control planes
+        prefixes.sort(key=lambda d: d.name.startswith("cp"))
+        for prefix in prefixes:
+            info = procs.get(f"node:{prefix.name}")
+            ref = self._ref(info, prefix / "pids" / "nginx.pid", "kong")
+            if ref is None:
+                continue
+            seen_pids.add(ref.pid)
+            exe = Path(info["executable"]) if info and info.get("executable") else self._any_kong()
+            node_refs.append((prefix.name, ref, exe, prefix))
+        for name, info in procs.items():
+            if info.get("kind") == "kong":
+                ref = ProcRef.from_json(info)
+                if ref.pid not in seen_pids and ref.alive():
+                    node_refs.append((name, ref, None, Path(info.get("prefix", "."))))
+        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(8, len(node_refs)))) as pool:
+            list(pool.map(lambda t: self._stop_kong(*t, say), node_refs))
+
+        echo = self._ref(procs.get("echo"), self.paths.echo / "echo.pid", "labctl.echo")
+        if echo is not None:
+            self._stop_tree(echo, signal.SIGTERM, 10.0, say, "echo")
+
+        pg_info = procs.get("postgres")
+        pg_ref = self._ref(pg_info, self.paths.pg / "data" / "postmaster.pid", "postgres")
+        if pg_ref is not None:
+            kids = descendants(pg_ref.pid)
+            cluster = PgCluster(self.paths.pg, PG_HOST, PG_PORT, "")
+            try:
+                cluster.stop()
+            except LabError as exc:
+                say(f"pg_ctl stop: {exc}")
+            left = wait_exit([pg_ref, *(ProcRef.of(k) for k in kids)], 30.0)
+            for r in left:
+                stop_process(r, signal.SIGQUIT, 5.0)
+            say(f"stopped PostgreSQL (pid {pg_ref.pid})")
+
+        leftovers = [n for n, i in procs.items() if ProcRef.from_json(i).alive()]
+        if leftovers:
+            raise LabError(f"could not stop: {', '.join(leftovers)}; state kept in {self.run_dir}")
+        shutil.rmtree(self.run_dir, ignore_errors=False)
+        say(f"removed {self.run_dir}")
+        return notes
+
+    def _ref(self, info: dict[str, Any] | None, pidfile: Path, match: str) -> ProcRef | None:
+        """The process to stop: the recorded one if alive, else a pidfile's (checked by cmdline)."""
+        if info:
+            ref = ProcRef.from_json(info)
+            if ref.alive():
+                return ref
+        pid = read_pidfile(pidfile)
+        if pid and is_alive(pid) and (not match or match in _cmdline(pid)):
+            return ProcRef.of(pid)
+        return None
+
+    def _any_kong(self) -> Path | None:
+        for exe in sorted(self.paths.versions.glob("*/bin/kong")):
+            if os.access(exe, os.X_OK):
+                return exe
+        return None
+
+    def _stop_kong(self, name: str, ref: ProcRef, exe: Path | None, prefix: Path,
+                   say: Callable[[str], None]) -> None:
+        kids = [ProcRef.of(k) for k in descendants(ref.pid)]
+        if exe is not None and (prefix / "pids" / "nginx.pid").exists():
+            with contextlib.suppress(LabError):
+                run([str(exe), "stop", "-p", str(prefix)], what=f"kong stop ({name})",
+                    env=clean_env(), timeout=30, check=False)
+        killed = False
+        if wait_exit([ref], 15.0):
+            killed = stop_process(ref, signal.SIGTERM, 5.0)
+        for kid in wait_exit(kids, 5.0):
+            stop_process(kid, signal.SIGKILL, 2.0)
+        say(f"stopped Kong node {name} (pid {ref.pid}){' forcefully' if killed else ''}")
+
+    def _stop_tree(self, ref: ProcRef, sig: int, timeout: float, say: Callable[[str], None],
+                   name: str) -> None:
+        kids = [ProcRef.of(k) for k in descendants(ref.pid)]
+        killed = stop_process(ref, sig, timeout)
+        for kid in wait_exit(kids, 5.0):
+            stop_process(kid, signal.SIGKILL, 2.0)
+        say(f"stopped {name} (pid {ref.pid}){' forcefully' if killed else ''}")
+
+    # ------------------------------------------------------------------ status
+
+    def status(self) -> tuple[dict[str, Any] | None, list[ComponentStatus]]:
+        state = self.state()
+        if state is None:
+            return None, []
+        comps: list[ComponentStatus] = []
+        for name, info in state.processes.items():
+            ref = ProcRef.from_json(info)
+            alive = ref.alive()
+            address = str(info.get("address", ""))
+            kind = str(info.get("kind", ""))
+            note = ""
+            if kind == "kong":
+                host = address
+                node_name = info.get("node", name)
+                address = (f"proxy {host}:{KONG_PROXY_PORT} admin {host}:{KONG_ADMIN_PORT} "
+                           f"status {host}:{KONG_STATUS_PORT}")
+                note = f"Kong {info.get('version')}"
+                name = str(node_name)
+                if alive:
+                    with contextlib.suppress(OSError, ValueError, LabError):
+                        code = http_get(f"http://{host}:{KONG_STATUS_PORT}/status", timeout=1.0)[0]
+                        note += f", /status {code}"
+            elif kind == "haproxy":
+                note = f"runtime API {info.get('admin_socket')} and {info.get('admin_tcp')}"
+            comps.append(ComponentStatus(name, kind, ref.pid, alive, address, note))
+        recorded = {c.name for c in comps}
+        nodes = state.data.get("nodes", {})
+        for node_name, info in sorted(nodes.items()):
+            if node_name in recorded:
+                continue
+            pid = read_pidfile(Path(info["prefix"]) / "pids" / "nginx.pid")
+            alive = bool(pid and is_alive(pid))
+            note = f"Kong {info['version']}, " + ("started outside the lab" if alive else
+                                                   "not started (configuring Y is the collection's job)")
+            comps.append(ComponentStatus(node_name, "kong-y" if info.get("group") == "y" else "kong",
+                                         pid if alive else None, alive, str(info.get("address", "")), note))
+        return state.data, comps
+
+
+def lab_all_up(data: dict[str, Any] | None, comps: list[ComponentStatus]) -> bool:
+    """True when the lab finished coming up and every process it started is alive."""
+    if not data or data.get("status") != "up":
+        return False
+    return all(c.alive for c in comps if c.kind != "kong-y")
+
+
+def lab_pids(run_dir: Path | None = None) -> list[int]:
+    """Every live pid the lab recorded, plus their descendants (for tests)."""
+    lab = Lab(run_dir)
+    state = lab.state()
+    if state is None:
+        return []
+    pids: set[int] = set()
+    for info in state.processes.values():
+        ref = ProcRef.from_json(info)
+        if ref.alive():
+            pids.add(ref.pid)
+            pids.update(descendants(ref.pid))
+    return sorted(pids)
+
+
+def wait_lab_down(pids: list[int], timeout: float = 10.0) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        left = [p for p in pids if is_alive(p)]
+        if not left:
+            return []
+        time.sleep(0.05)
+    return [p for p in pids if is_alive(p)]
+
+
+__all__ = ["Lab", "UpOptions", "LabState", "ComponentStatus", "lab_all_up", "lab_pids",
+           "wait_lab_down", "http_get", "tcp_accepts"]

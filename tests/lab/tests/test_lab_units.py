@@ -1,0 +1,179 @@
+"""Lab pieces that need no running process: seed, configs, inventory, options, the CLI wrapper."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from labfixtures import LAB, REPO
+
+from labctl import LabError
+from labctl.haproxy import HAProxySetup, LbServer, RuntimeAPI
+from labctl.inventory import build as build_inventory
+from labctl.kong import KongNode, PgSettings, declarative_format
+from labctl.lab import UpOptions
+from labctl.nginx import NginxSetup, render_upstream
+from labctl.seed import generate
+
+SERVERS = [
+    LbServer("x1", "127.0.1.1", 8000, 8007, 100),
+    LbServer("x2", "127.0.1.2", 8000, 8007, 100),
+    LbServer("y1", "127.0.2.1", 8000, 8007, 0),
+]
+
+
+def test_seed_has_root_route_services_routes_consumers_and_keyauth() -> None:
+    seed = generate(50, "3.0", "127.0.0.1", 18080)
+    cfg = seed.config
+    assert cfg["_format_version"] == "3.0"
+    assert 40 <= seed.total <= 60
+    routes = {r["name"]: r for r in cfg["routes"]}
+    assert routes["root"]["paths"] == ["/"] and "hosts" not in routes["root"]
+    assert routes["svc3-host"]["hosts"] == ["svc3.lab"]
+    assert routes["svc3-path"]["paths"] == ["/svc3"]
+    service_ids = {s["id"] for s in cfg["services"]}
+    assert all(r["service"] in service_ids for r in cfg["routes"])  # db_export shape: plain ids
+    consumer_ids = {c["id"] for c in cfg["consumers"]}
+    assert all(c["consumer"] in consumer_ids for c in cfg["keyauth_credentials"])
+    keyauth = [p for p in cfg["plugins"] if p["name"] == "key-auth"]
+    assert keyauth and all(p["route"] in {r["id"] for r in cfg["routes"]} for p in keyauth)
+    assert cfg["upstreams"] and cfg["targets"]
+    assert all(s["host"] == "127.0.0.1" and s["port"] == 18080 for s in cfg["services"])
+    names = [t["name"] for t in seed.load_targets]
+    assert names[0] == "root" and any("keyauth" in n for n in names)
+
+
+def test_seed_is_deterministic_and_scales_to_10000_entities_fast(tmp_path: Path) -> None:
+    assert generate(50, "3.0", "h", 1).config == generate(50, "3.0", "h", 1).config
+    t0 = time.monotonic()
+    seed = generate(10_000, "3.0", "127.0.0.1", 18080)
+    seed.write(tmp_path / "kong.yml")
+    elapsed = time.monotonic() - t0
+    assert 9_500 <= seed.total <= 10_500
+    assert elapsed < 30, f"generating and writing 10k entities took {elapsed:.1f}s"
+    loaded = yaml.safe_load((tmp_path / "kong.yml").read_text())
+    assert len(loaded["routes"]) == seed.counts["routes"]
+    ids = [e["id"] for key in ("services", "routes", "consumers", "plugins") for e in loaded[key]]
+    assert len(ids) == len(set(ids))
+
+
+def test_declarative_format_by_kong_version() -> None:
+    assert declarative_format("2.8.4") == "2.1"
+    assert declarative_format("3.4.3") == "3.0"
+    assert generate(10, "2.1", "h", 1).config["_format_version"] == "2.1"
+
+
+def test_haproxy_config_has_runtime_sockets_state_file_checks_and_weights(tmp_path: Path) -> None:
+    cfg = HAProxySetup(tmp_path, "127.0.0.1", 18000, ("127.0.0.1", 18999), SERVERS).render()
+    assert f"stats socket {tmp_path}/admin.sock mode 600 level admin" in cfg
+    assert "stats socket ipv4@127.0.0.1:18999 level admin" in cfg
+    assert f"server-state-file {tmp_path}/server-state" in cfg
+    assert "load-server-state-from-file global" in cfg
+    assert "balance roundrobin" in cfg and "option httpchk GET /status" in cfg
+    assert "retry-on conn-failure empty-response response-timeout" in cfg
+    assert "server x1 127.0.1.1:8000 weight 100 check port 8007" in cfg
+    assert "server y1 127.0.2.1:8000 weight 0 check port 8007" in cfg
+    assert "bind 127.0.0.1:18000" in cfg
+    for line in cfg.splitlines():  # loopback only
+        if line.strip().startswith("bind "):
+            assert line.split()[1].startswith("127.")
+
+
+def test_haproxy_config_is_valid_for_the_installed_haproxy(tmp_path: Path) -> None:
+    setup = HAProxySetup(tmp_path, "127.0.0.1", 18000, ("127.0.0.1", 18999), SERVERS)
+    setup.write()
+    setup.check_config()  # haproxy -c; raises LabError with haproxy's message
+
+
+def test_nginx_upstream_marks_weight_zero_servers_down_and_names_every_line(tmp_path: Path) -> None:
+    text = render_upstream(SERVERS)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip().startswith("server ")]
+    assert lines[0] == "server 127.0.1.1:8000 weight=100 max_fails=1 fail_timeout=2s;  # x1"
+    assert lines[2] == "server 127.0.2.1:8000 weight=1 down;  # y1"
+    assert "weight=0" not in text
+    setup = NginxSetup(tmp_path, "127.0.0.1", 18000, SERVERS)
+    setup.write()
+    setup.test_config()  # nginx -t accepts it
+    conf = setup.config.read_text()
+    assert f"include {setup.upstream_file};" in conf
+    assert "proxy_next_upstream error timeout http_502 http_503;" in conf
+    assert "listen 127.0.0.1:18000;" in conf
+
+
+def test_kong_conf_uses_kong_option_names_and_is_private(tmp_path: Path) -> None:
+    node = KongNode("x2", "x", 2, "3.9.1", tmp_path / "kong", tmp_path)
+    pg = PgSettings("127.0.0.1", 54329, "kong", "s3cret-pw", "kong")
+    node.write_conf(pg, 1.0)
+    text = node.conf_path.read_text()
+    assert (node.conf_path.stat().st_mode & 0o777) == 0o600
+    for line in ("database = postgres", "pg_host = 127.0.0.1", "pg_port = 54329", "pg_user = kong",
+                 "pg_password = s3cret-pw", "pg_database = kong", "proxy_listen = 127.0.1.2:8000",
+                 "admin_listen = 127.0.1.2:8001", "status_listen = 127.0.1.2:8007",
+                 f"prefix = {tmp_path}/nodes/x2", "db_update_frequency = 1"):
+        assert line in text.splitlines()
+    dp = KongNode("x1", "x", 1, "3.9.1", tmp_path / "kong", tmp_path, role="data_plane",
+                  database="off", cluster_control_plane="127.0.3.1:8005")
+    dp_text = dp.render_conf(pg, 1.0)
+    assert "role = data_plane" in dp_text and "database = off" in dp_text
+    assert "cluster_control_plane = 127.0.3.1:8005" in dp_text and "pg_password" not in dp_text
+
+
+def test_inventory_has_groups_node_vars_and_lb_settings(tmp_path: Path) -> None:
+    exe = tmp_path / "kong"
+    x = [KongNode(f"x{i}", "x", i, "3.9.1", exe, tmp_path) for i in (1, 2)]
+    y = [KongNode("y1", "y", 1, "3.10.0", exe, tmp_path)]
+    inv = build_inventory(
+        x_nodes=x, y_nodes=y, cp_nodes=[],
+        pg={"host": "127.0.0.1", "port": 54329, "user": "kong", "password": "pw", "database": "kong"},
+        lb_vars={"kong_lb_driver": "haproxy", "kong_lb_backend": "kong_proxy"},
+        lab_vars={"lab_frontend_url": "http://127.0.0.1:18000"},
+    )
+    groups = inv["all"]["children"]
+    assert set(groups) == {"kong_x", "kong_y", "kong_lb"}
+    y1 = groups["kong_y"]["hosts"]["y1"]
+    assert y1["kong_version"] == "3.10.0" and y1["kong_lb_server_name"] == "y1"
+    assert y1["kong_proxy_url"] == "http://127.0.2.1:8000"
+    assert y1["kong_status_url"] == "http://127.0.2.1:8007"
+    for key in ("ansible_connection", "kong_executable", "kong_prefix", "kong_conf_path",
+                "kong_proxy_listen", "kong_admin_listen", "kong_status_listen", "kong_admin_url",
+                "kong_role", "kong_database"):
+        assert key in groups["kong_x"]["hosts"]["x2"]
+    assert inv["all"]["vars"]["kong_pg_port"] == 54329
+    assert inv["all"]["vars"]["lab_frontend_url"] == "http://127.0.0.1:18000"
+
+
+@pytest.mark.parametrize(
+    ("opts", "message"),
+    [
+        (UpOptions(mode="hybrid", x_version="3.10.0", y_version="3.10.0", cp_version="3.9.1"),
+         "would be rejected"),
+        (UpOptions(mode="hybrid", x_version="2.8.4", y_version="3.4.3"), "would be rejected"),
+        (UpOptions(cp_version="3.10.0"), "only applies to --mode hybrid"),
+        (UpOptions(x_nodes=0), "--x-nodes"),
+        (UpOptions(lb="envoy"), "--lb"),
+        (UpOptions(x_version="3.9"), "X.Y.Z"),
+    ],
+)
+def test_up_options_are_checked_before_anything_starts(opts: UpOptions, message: str) -> None:
+    with pytest.raises(LabError, match=message):
+        opts.validate()
+
+
+def test_runtime_api_reports_connection_errors(tmp_path: Path) -> None:
+    api = RuntimeAPI(unix_path=tmp_path / "missing.sock", timeout=0.5)
+    with pytest.raises(OSError):
+        api.command("show info")
+
+
+def test_lab_reexecs_itself_with_the_repo_venv() -> None:
+    # started with the system python, it must switch to <repo>/.venv/bin/python
+    res = subprocess.run(["/usr/bin/python3", str(LAB), "status", "--json"], capture_output=True,
+                         text=True, timeout=60, env={**os.environ, "KONG_LAB_RUN_DIR": "/nonexistent/run"},
+                         check=False)
+    assert res.returncode == 3, res.stderr
+    assert '"up": false' in res.stdout
+    assert (REPO / ".venv" / "bin" / "python").exists()
