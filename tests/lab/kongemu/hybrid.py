@@ -176,13 +176,9 @@ class ControlPlane:
 
 def upsert_data_plane(node: Node, row: dict[str, Any]) -> None:
     """Write one `clustering_data_planes` row (through schema.py when it offers it)."""
-    backend = node.backend
-    try:
-        backend.call("upsert_data_plane", row)
-        return
-    except AttributeError:
-        pass
-    backend.call("upsert", "clustering_data_planes", row["id"], dict(row))
+    row = dict(row)
+    purge_delay = int(row.pop("ttl", 1209600))
+    node.backend.call("upsert_data_plane", row, purge_delay=purge_delay)
 
 
 def export_and_hash(config: Any, version_info: versions.VersionInfo) -> tuple[dict[str, Any],

@@ -708,17 +708,14 @@ class Node:
         else:
             self.backend = PgBackend(self)
             try:
+                self._since = self.backend.invalidation_cursor()
                 config = self.backend.call("load_config")
             except Exception as exc:  # pylint: disable=broad-except
                 raise StartupError(f"nginx: [error] init_by_lua error: {_err_text(exc)}") from exc
             self.set_config(config)
-            self._after_db_load()
             if self.role == "control_plane":
                 self.hybrid = hybrid.ControlPlane(self)
         self._make_admin()
-
-    def _after_db_load(self) -> None:
-        self._since = self.backend.invalidation_cursor()
 
     def _make_admin(self) -> None:
         if not self.conf.listeners("admin_listen"):
@@ -982,7 +979,7 @@ def _err_text(exc: BaseException) -> str:
 
 def _is_db_down(exc: BaseException) -> bool:
     names = {cls.__name__ for cls in type(exc).__mro__}
-    return bool(names & {"OperationalError", "InterfaceError", "DatabaseUnavailable",
+    return bool(names & {"OperationalError", "InterfaceError", "DatabaseError",
                          "ConnectionError", "OSError", "PgConnectError"})
 
 
@@ -995,16 +992,18 @@ class PgBackend:
     """
 
     MAX_IDLE = 4
+    OVERLAP = 2.0
 
     def __init__(self, node: Node) -> None:
         self._node = node
         self._idle: list[Any] = []
         self._lock = threading.Lock()
+        self._seen: dict[str, float] = {}
 
     def _new_store(self) -> Any:
         from . import pg, schema  # pylint: disable=import-outside-toplevel
 
-        conn = pg.connect(self._node.conf)
+        conn = pg.connect(self._node.conf, application_name="kong-node")
         return schema.EntityStore(conn, self._node.version_info)
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
@@ -1012,23 +1011,18 @@ class PgBackend:
             store = self._idle.pop() if self._idle else None
         if store is None:
             store = self._new_store()
-        ok = False
         try:
             result = getattr(store, method)(*args, **kwargs)
-            ok = True
-            return result
-        finally:
-            self._release(store, ok)
+        except BaseException:
+            # Whatever failed (schema, connection, bug), do not reuse this connection.
+            _close_store(store)
+            raise
+        self._release(store)
+        return result
 
-    def _release(self, store: Any, ok: bool) -> None:
+    def _release(self, store: Any) -> None:
         conn = getattr(store, "conn", None)
-        broken = conn is None or getattr(conn, "closed", 0)
-        if not ok and conn is not None and not broken:
-            try:
-                conn.rollback()
-            except Exception:  # pylint: disable=broad-except
-                broken = True
-        if broken:
+        if conn is None or getattr(conn, "closed", 0):
             _close_store(store)
             return
         with self._lock:
@@ -1047,24 +1041,32 @@ class PgBackend:
         return method
 
     def invalidation_cursor(self) -> Any:
-        try:
-            _, cursor = self.poll(None)
-            return cursor
-        except Exception:  # pylint: disable=broad-except
-            return None
+        """Where polling starts: the database clock now."""
+        return float(self.call("db_now"))
 
     def poll(self, since: Any) -> tuple[list[Any], Any]:
-        """Invalidations since ``since``; returns (events, new cursor)."""
-        result = self.call("poll_invalidations", since)
-        if isinstance(result, tuple) and len(result) == 2:
-            return list(result[0]), result[1]
-        events = list(result or [])
-        cursor = since
-        for event in events:
-            value = event.get("at") if isinstance(event, dict) else getattr(event, "at", None)
-            if value is not None and (cursor is None or value > cursor):
-                cursor = value
-        return events, cursor
+        """New invalidations since ``since`` (epoch s); returns (events, new cursor).
+
+        Polls a little before the cursor (events whose transaction committed late
+        carry an earlier `at`) and drops the ids already seen.
+        """
+        if since is None:
+            return [], self.invalidation_cursor()
+        rows = self.call("poll_invalidations", float(since) - self.OVERLAP)
+        fresh = []
+        cursor = float(since)
+        for row in rows:
+            event_id = str(row.get("id"))
+            at = float(row.get("at") or 0.0)
+            cursor = max(cursor, at)
+            if event_id in self._seen:
+                continue
+            self._seen[event_id] = at
+            fresh.append(row)
+        for event_id, at in list(self._seen.items()):
+            if at < cursor - 4 * self.OVERLAP:
+                del self._seen[event_id]
+        return fresh, cursor
 
     def close(self) -> None:
         with self._lock:
