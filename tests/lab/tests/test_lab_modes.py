@@ -1,0 +1,78 @@
+"""lab up in DB-less and hybrid modes, and teardown when lab up fails half-way."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from labfixtures import lab_cli, running_lab
+
+from labctl.lab import http_get
+from labctl.load import kong_version
+from labctl.proc import port_in_use
+
+FAILING_INSTALLER = '''
+import os
+from pathlib import Path
+
+def install_version(version, root):
+    exe = Path(root) / "versions" / version / "bin" / "kong"
+    exe.parent.mkdir(parents=True, exist_ok=True)
+    exe.write_text(
+        "#!/bin/sh\\n"
+        "case \\"$1\\" in\\n"
+        "  start) echo 'Error: boom: emulated start failure' >&2; exit 1;;\\n"
+        "  *) exit 0;;\\n"
+        "esac\\n"
+    )
+    exe.chmod(0o755)
+    return exe
+'''
+
+
+def test_failed_up_tears_down_what_it_started(tmp_path: Path) -> None:
+    installer = tmp_path / "failing_installer.py"
+    installer.write_text(FAILING_INSTALLER)
+    res = lab_cli("up", "--x-nodes", "1", "--y-nodes", "0", check=False,
+                  env={"KONG_LAB_INSTALLER": f"{installer}:install_version"})
+    assert res.returncode == 1
+    assert "kong start" in res.stderr and "boom" in res.stderr
+    assert "tearing down" in res.stderr
+    assert not (Path(__file__).resolve().parent.parent / "run").exists()
+    for host, port in (("127.0.0.1", 54329), ("127.0.0.1", 18080), ("127.0.0.1", 18000)):
+        assert not port_in_use(host, port), f"{host}:{port} left running after a failed up"
+
+
+def test_dbless_mode_serves_the_seed_file() -> None:
+    with running_lab("--mode", "dbless", "--x-nodes", "1", "--y-nodes", "1") as lab:
+        x1 = lab.host("x1")
+        assert x1["kong_database"] == "off"
+        conf = Path(x1["kong_conf_path"]).read_text()
+        assert "database = off" in conf and f"declarative_config = {lab.run_dir}/kong.yml" in conf
+        assert "pg_password" not in conf
+        assert lab.host("y1")["kong_declarative_config"] == str(lab.run_dir / "kong.yml")
+        status, headers, _ = http_get(lab.frontend + "/svc2/a")
+        assert status == 200
+        assert kong_version(headers.get("via"), headers.get("server")) == "3.9.1"
+
+
+def test_hybrid_mode_control_plane_and_data_planes() -> None:
+    with running_lab("--mode", "hybrid", "--x-version", "3.9.1", "--y-version", "3.10.0",
+                     "--x-nodes", "2", "--y-nodes", "1") as lab:
+        cp = lab.hosts("kong_cp")["cp1"]
+        assert cp["kong_role"] == "control_plane" and cp["kong_version"] == "3.10.0"
+        assert cp["kong_cluster_listen"] == "127.0.3.1:8005"
+        for name in ("x1", "x2", "y1"):
+            node = lab.host(name)
+            assert node["kong_role"] == "data_plane" and node["kong_database"] == "off"
+            assert node["kong_cluster_control_plane"] == "127.0.3.1:8005"
+        status, _, body = http_get(cp["kong_admin_url"] + "/clustering/data-planes")
+        assert status == 200
+        planes = json.loads(body)["data"]
+        assert sorted(p["version"] for p in planes) == ["3.9.1", "3.9.1"]
+        status, headers, _ = http_get(lab.frontend + "/")
+        assert status == 200
+        assert kong_version(headers.get("via"), headers.get("server")) == "3.9.1"
+        assert not port_in_use("127.0.3.1", 8000)  # a control plane does not proxy
+    assert not os.path.exists(lab.run_dir)
