@@ -233,13 +233,16 @@ def cmd_start(version_info: versions.VersionInfo, args: dict[str, Any], log: Cli
 
 def _check_migrations(conf: confmod.KongConf, version_info: versions.VersionInfo,
                       args: dict[str, Any], log: CliLog) -> None:
+    """kong-facts 4.2/4.3: refuse with new migrations, notice pending ones."""
     from . import migrations  # pylint: disable=import-outside-toplevel
 
-    if args.get("run_migrations"):
-        migrations.run_up(conf, version_info, log,
-                          lock_timeout=float(args.get("lock_timeout") or 60),
-                          for_start=True)
-    migrations.check_state_for_start(conf, version_info, log)
+    timeout_ms = None
+    if args.get("db_timeout") is not None:
+        timeout_ms = float(args["db_timeout"]) * 1000.0
+    lock_timeout = float(args["lock_timeout"]) if args.get("lock_timeout") is not None else 60.0
+    migrations.prepare_start(conf, version_info, log,
+                             run_migrations=bool(args.get("run_migrations")),
+                             lock_timeout=lock_timeout, timeout_ms=timeout_ms)
 
 
 def _cleanup_failed_start(prefix: str) -> None:
@@ -413,7 +416,7 @@ def cmd_restart(version_info: versions.VersionInfo, args: dict[str, Any], log: C
     if conf is not None:
         pid = read_pid(conf.prefix)
         try:
-            cmd_stop(version_info, dict(args, _quiet=True), _SilentLog())
+            cmd_stop(version_info, dict(args, prefix=conf.prefix, _quiet=True), _SilentLog())
         except KongError:
             pass
         _wait_exit(conf.prefix, pid, 5.0)
@@ -424,7 +427,7 @@ def cmd_restart(version_info: versions.VersionInfo, args: dict[str, Any], log: C
 
 
 def cmd_reload(version_info: versions.VersionInfo, args: dict[str, Any], log: CliLog) -> int:
-    default = confmod.load(version_info, None, args.get("prefix"))
+    default = confmod.load(version_info, args.get("conf"), args.get("prefix"))
     prefix = default.prefix
     if not os.path.exists(prefix):
         raise KongError(f"no such prefix: {prefix}")
@@ -721,8 +724,12 @@ class Node:
         if not self.conf.listeners("admin_listen"):
             self.admin_app = None
             return
-        from . import admin  # pylint: disable=import-outside-toplevel
-
+        try:
+            from . import admin  # pylint: disable=import-outside-toplevel
+        except ImportError as exc:
+            self.log.error(f"the Admin API is not available: {exc}")
+            self.admin_app = None
+            return
         self.admin_app = admin.AdminApp(NodeContext(self))
 
     def _load_declarative_at_start(self) -> None:
@@ -834,9 +841,24 @@ class Node:
                 continue
             if signum == signal.SIGQUIT:
                 self.log.notice("signal 3 (SIGQUIT) received, shutting down")
-                return self.graceful_exit()
+                return self._graceful_watching_term()
             self.log.notice(f"signal {signum} ({signal.Signals(signum).name}) received, exiting")
             return self.fast_exit()
+
+    def _graceful_watching_term(self) -> int:
+        """Graceful exit in a helper thread; a TERM/INT meanwhile turns it into a fast one."""
+        result: list[int] = []
+        worker = threading.Thread(target=lambda: result.append(self.graceful_exit()),
+                                  name="graceful-exit", daemon=True)
+        worker.start()
+        while worker.is_alive():
+            info = signal.sigtimedwait({signal.SIGTERM, signal.SIGINT}, 0.1)
+            if info is not None:
+                self.log.notice(f"signal {info.si_signo} "
+                                f"({signal.Signals(info.si_signo).name}) received while "
+                                "shutting down gracefully, exiting")
+                return self.fast_exit()
+        return result[0] if result else 0
 
     def graceful_exit(self) -> int:
         self.exiting = True

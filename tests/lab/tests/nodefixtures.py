@@ -52,13 +52,77 @@ def poll(predicate: Callable[[], Any], timeout: float, what: str,
 
 
 def kong_bin(version: str, root: Path) -> Path:
-    """The `kong` launcher for ``version`` (kongemu.install)."""
+    """The `kong` launcher for ``version`` (kongemu.install; a stand-in before it exists)."""
     key = (version, str(root))
     if key not in _INSTALLED:
-        from kongemu import install  # pylint: disable=import-outside-toplevel
-
-        _INSTALLED[key] = Path(install.install_version(version, root))
+        try:
+            from kongemu import cli, install  # pylint: disable=import-outside-toplevel
+            del cli
+        except ImportError:
+            _INSTALLED[key] = _stand_in_launcher(version, root)
+        else:
+            _INSTALLED[key] = Path(install.install_version(version, root))
     return _INSTALLED[key]
+
+
+_STAND_IN = """#!{python}
+# Test stand-in for the kongemu.install launcher (process commands + migrations only).
+import sys
+sys.path.insert(0, {lab!r})
+from kongemu import conf, errors, migrations, node, versions
+from kongemu.logutil import Log
+
+FLAGS = {{"-c": "conf", "--conf": "conf", "-p": "prefix", "--prefix": "prefix",
+         "-t": "timeout", "--timeout": "timeout", "-w": "wait", "--wait": "wait",
+         "--db-timeout": "db_timeout", "--lock-timeout": "lock_timeout"}}
+SWITCHES = {{"--run-migrations": "run_migrations", "-y": "yes", "--yes": "yes",
+            "-f": "force", "--force": "force", "-q": "quiet", "--quiet": "quiet",
+            "--v": "v", "--vv": "vv"}}
+
+
+def main(argv):
+    info = versions.get({version!r})
+    log = Log()
+    args = {{"conf": None, "prefix": None}}
+    words = []
+    i = 0
+    while i < len(argv):
+        if argv[i] in FLAGS:
+            args[FLAGS[argv[i]]] = argv[i + 1]
+            i += 2
+            continue
+        if argv[i] in SWITCHES:
+            args[SWITCHES[argv[i]]] = True
+        else:
+            words.append(argv[i])
+        i += 1
+    if args.get("v"):
+        log.set_level("verbose")
+    try:
+        if words[0] == "migrations":
+            args["command"] = words[1]
+            loaded = conf.load(info, args["conf"], args["prefix"])
+            return migrations.execute(info, loaded, args, log)
+        return getattr(node, "cmd_" + words[0])(info, args, log)
+    except errors.KongError as exc:
+        sys.stderr.write("Error: " + exc.message + "\\n\\n  Run with --v (verbose) or "
+                         "--vv (debug) for more details\\n")
+        return 1
+    except errors.Exit as exc:
+        return exc.code
+
+
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _stand_in_launcher(version: str, root: Path) -> Path:
+    path = root / "versions" / version / "bin" / "kong"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(_STAND_IN.format(python=sys.executable, lab=str(LAB_DIR), version=version),
+                    encoding="utf-8")
+    path.chmod(0o755)
+    return path
 
 
 @dataclass
@@ -228,3 +292,68 @@ def http_json(url: str, method: str = "GET", payload: Any = None,
         return status, json.loads(data) if data else None
     except ValueError:
         return status, data.decode("utf-8", "replace")
+
+
+# ============================================================================ PostgreSQL
+@dataclass
+class PgInfo:
+    """Connection settings of one database for kong.conf."""
+
+    host: str
+    port: int
+    user: str
+    password: str
+    database: str
+
+    def conf(self) -> dict[str, str]:
+        return {"database": "postgres", "pg_host": self.host, "pg_port": str(self.port),
+                "pg_user": self.user, "pg_password": self.password,
+                "pg_database": self.database}
+
+
+class NodePg:
+    """A private PostgreSQL cluster (labctl.pg.PgCluster) handing out fresh databases."""
+
+    def __init__(self) -> None:
+        import secrets  # pylint: disable=import-outside-toplevel
+        import tempfile  # pylint: disable=import-outside-toplevel
+
+        from labctl.pg import PgCluster  # pylint: disable=import-outside-toplevel
+
+        self.base = Path(tempfile.mkdtemp(prefix="kongemu-node-pg-"))
+        self.cluster = PgCluster(base=self.base, host="127.0.0.1", port=free_port(),
+                                 admin_password=secrets.token_hex(12),
+                                 kong_password=secrets.token_hex(12))
+        self._count = 0
+
+    def start(self) -> None:
+        self.cluster.init()
+        self.cluster.start()
+        self.cluster.create_kong_database()
+
+    def stop(self) -> None:
+        import shutil  # pylint: disable=import-outside-toplevel
+
+        with contextlib.suppress(Exception):
+            self.cluster.stop()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    def fresh(self) -> PgInfo:
+        self._count += 1
+        name = f"kong_node_{os.getpid()}_{self._count}"
+        conn = self.cluster.connect()
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                cur.execute(f'CREATE DATABASE "{name}" OWNER "{self.cluster.kong_user}"')
+        finally:
+            conn.close()
+        return PgInfo(self.cluster.host, self.cluster.port, self.cluster.kong_user,
+                      self.cluster.kong_password, name)
+
+    def pause(self) -> None:
+        """Stop the server (database down) keeping its data."""
+        self.cluster.stop()
+
+    def resume(self) -> None:
+        self.cluster.start()

@@ -1,0 +1,403 @@
+"""Process control of the emulated node (kong-facts 8) and the traditional-mode node
+against a real PostgreSQL: start gate (4.2/4.3), old node after up/finish (4.4),
+graceful quit under keep-alive load, reload, DB down, /status/ready by version."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nodefixtures import (
+    NodePg,
+    Result,
+    alive,
+    http_call,
+    http_json,
+    kill_node,
+    kong_bin,
+    make_spec,
+    node_pid,
+    poll,
+    run_kong,
+    running_node,
+)
+
+from kongemu import versions
+from kongemu.httpserver import HTTPServer, Request, Response
+
+ROOT_CACHE: dict[str, Path] = {}
+
+
+class _Log:
+    def error(self, msg: str) -> None:
+        del msg
+
+    warn = info = debug = notice = error
+
+
+@pytest.fixture(scope="module")
+def pg():
+    cluster = NodePg()
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def echo():
+    """Upstream echo service in the test process; answers 200 with the path."""
+    def handle(request: Request) -> Response:
+        if request.path.startswith("/slow"):
+            time.sleep(0.2)
+        return Response(200, [("Content-Type", "application/json")],
+                        json.dumps({"path": request.target}).encode())
+
+    srv = HTTPServer(_Log())
+    srv.add_listener("echo", "127.0.0.1", 0, handle)
+    port = srv._listeners[0].sock.getsockname()[1]  # noqa: SLF001
+    srv.start()
+    yield port
+    srv.close_now()
+
+
+@pytest.fixture(scope="module")
+def bins(tmp_path_factory):
+    root = tmp_path_factory.mktemp("versions")
+    return lambda version: kong_bin(version, root)
+
+
+def _kong(bins, version: str, *args: str) -> Result:
+    return run_kong(bins(version), *args)
+
+
+def _seed(pg_info, version: str, echo_port: int) -> None:
+    """A service + route + key-auth protected route, written with the store."""
+    from kongemu import pg as kpg
+    from kongemu import schema
+    from kongemu.conf import KongConf
+
+    conf = KongConf(pg_info.conf())
+    store = schema.EntityStore(kpg.connect(conf), versions.get(version))
+    try:
+        svc = store.insert("services", {"name": "echo", "url": f"http://127.0.0.1:{echo_port}"})
+        store.insert("routes", {"name": "r-echo", "paths": ["/echo"],
+                                "service": {"id": svc["id"]}})
+        secured = store.insert("routes", {"name": "r-secured", "paths": ["/secured"],
+                                          "service": {"id": svc["id"]}})
+        store.insert("plugins", {"name": "key-auth", "route": {"id": secured["id"]}})
+        consumer = store.insert("consumers", {"username": "alice"})
+        store.insert("keyauth_credentials", {"key": "alice-key",
+                                             "consumer": {"id": consumer["id"]}})
+    finally:
+        store.close()
+
+
+def _bootstrapped(pg, bins, version: str, tmp_path: Path, name: str = "n1", **extra: Any):
+    info = pg.fresh()
+    spec = make_spec(tmp_path, name, version, **info.conf(), **extra)
+    res = _kong(bins, version, "migrations", "bootstrap", "-c", str(spec.conf_path))
+    assert res.rc == 0, str(res)
+    return info, spec
+
+
+# ---------------------------------------------------------------------------- CLI messages
+def test_start_health_stop_messages(pg, bins, echo, tmp_path):
+    version = "3.4.3"
+    info, spec = _bootstrapped(pg, bins, version, tmp_path)
+    _seed(info, version, echo)
+    kong = bins(version)
+    res = run_kong(kong, "start", "-c", str(spec.conf_path))
+    try:
+        assert res.rc == 0, str(res)
+        assert f"prefix directory {spec.prefix} not found, trying to create it" in res.out
+        assert res.out.strip().endswith("Kong started")
+        pid = node_pid(spec.prefix)
+        assert pid and alive(pid)
+        for rel in (".kong_env", "logs/error.log", "logs/access.log", "logs/admin_access.log",
+                    "kong.id"):
+            assert (spec.prefix / rel).exists(), rel
+        assert oct((spec.prefix / ".kong_env").stat().st_mode & 0o777) == "0o640"
+        # no secret in the logs or output
+        assert info.password not in (spec.prefix / "logs" / "error.log").read_text()
+        # every listener accepts: proxy routes, admin-less node still has status
+        status, headers, body = http_call(f"{spec.proxy_url}/echo/x")
+        assert status == 200, body
+        assert headers["via"] == "kong/3.4.3"
+        status, _, body = http_call(f"{spec.proxy_url}/nothing")
+        assert status == 404 and json.loads(body) == {"message": "no Route matched with those values"}
+        res2 = run_kong(kong, "start", "-c", str(spec.conf_path))
+        assert res2.rc == 1
+        assert f"Error: Kong is already running in {spec.prefix}" in res2.err
+        health = run_kong(kong, "health", "-p", str(spec.prefix))
+        assert health.rc == 0, str(health)
+        assert health.out == f"nginx.......running\n\nKong is healthy at {spec.prefix}\n"
+        stop = run_kong(kong, "stop", "-p", str(spec.prefix))
+        assert stop.rc == 0 and stop.out == "Kong stopped\n", str(stop)
+        poll(lambda: not alive(pid), 5, "node exit after stop")
+        assert not (spec.prefix / "pids" / "nginx.pid").exists()
+        stop2 = run_kong(kong, "stop", "-p", str(spec.prefix))
+        assert stop2.rc == 1
+        assert f"Error: nginx not running in prefix: {spec.prefix}" in stop2.err
+        health2 = run_kong(kong, "health", "-p", str(spec.prefix))
+        assert health2.rc == 1
+        assert health2.out == "nginx.......not running\n\n"
+        assert f"Error: Kong is not running at {spec.prefix}" in health2.err
+        missing = tmp_path / "missing"
+        for cmd in ("stop", "quit", "health"):
+            res3 = run_kong(kong, cmd, "-p", str(missing))
+            assert res3.rc == 1 and f"Error: no such prefix: {missing}" in res3.err, str(res3)
+    finally:
+        kill_node(spec.prefix)
+
+
+def test_quit_restart_and_reload(pg, bins, echo, tmp_path):
+    version = "3.6.1"
+    info, spec = _bootstrapped(pg, bins, version, tmp_path)
+    _seed(info, version, echo)
+    kong = bins(version)
+    with running_node(kong, spec):
+        first = node_pid(spec.prefix)
+        res = run_kong(kong, "restart", "-c", str(spec.conf_path))
+        assert res.rc == 0 and res.out.strip().endswith("Kong started"), str(res)
+        second = node_pid(spec.prefix)
+        assert second and second != first and not alive(first)
+        # reload: a new conf with an extra proxy listener and a headers change
+        from nodefixtures import free_port
+
+        port2 = free_port()
+        text = spec.conf_path.read_text()
+        new_conf = spec.conf_path.with_name("kong-reload.conf")
+        new_conf.write_text(text.replace(f"proxy_listen = 127.0.0.1:{spec.proxy}",
+                                         f"proxy_listen = 127.0.0.1:{spec.proxy}, "
+                                         f"127.0.0.1:{port2}") + "headers = off\n")
+        res = run_kong(kong, "reload", "-c", str(new_conf))
+        assert res.rc == 0 and res.out == "Kong reloaded\n", str(res)
+        assert node_pid(spec.prefix) == second
+        status, headers, _ = poll(lambda: _ok(f"http://127.0.0.1:{port2}/echo/"), 10,
+                                  "the new listener after reload")
+        assert "via" not in headers
+        assert "headers = off" in (spec.prefix / ".kong_env").read_text()
+        res = run_kong(kong, "quit", "-p", str(spec.prefix))
+        assert res.rc == 0 and res.out == "Kong stopped (gracefully)\n", str(res)
+        assert not alive(second)
+        res = run_kong(kong, "reload", "-p", str(spec.prefix))
+        assert res.rc == 1 and f"nginx not running in prefix: {spec.prefix}" in res.err
+        res = run_kong(kong, "quit", "-p", str(spec.prefix))
+        assert res.rc == 1 and f"nginx not running in prefix: {spec.prefix}" in res.err
+
+
+def _ok(url: str) -> tuple[int, dict[str, str], bytes] | None:
+    found = http_call(url)
+    return found if found[0] == 200 else None
+
+
+def test_quit_timeout_forces(pg, bins, echo, tmp_path):
+    version = "3.9.1"
+    info, spec = _bootstrapped(pg, bins, version, tmp_path)
+    _seed(info, version, echo)
+    kong = bins(version)
+    with running_node(kong, spec):
+        pid = node_pid(spec.prefix)
+        # a request that never completes keeps the node from exiting gracefully
+        import socket
+
+        hold = socket.create_connection(("127.0.0.1", spec.proxy))
+        hold.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+        time.sleep(0.2)
+        started = time.monotonic()
+        res = run_kong(kong, "quit", "-p", str(spec.prefix), "-t", "1")
+        assert res.rc == 0 and res.out == "Timeout, Kong stopped forcefully\n", str(res)
+        assert time.monotonic() - started < 8
+        poll(lambda: not alive(pid), 5, "forced exit")
+        hold.close()
+
+
+# ---------------------------------------------------------------------------- start gate
+def test_start_gate_new_then_pending(pg, bins, echo, tmp_path):
+    old, new = "3.4.3", "3.9.1"
+    info, spec = _bootstrapped(pg, bins, old, tmp_path)
+    spec_new = make_spec(tmp_path, "n2", new, **info.conf())
+    res = _kong(bins, new, "start", "-c", str(spec_new.conf_path))
+    assert res.rc == 1, str(res)
+    assert "New migrations available; run 'kong migrations up' to proceed" in res.err
+    assert res.err.startswith("Error: ")
+    assert node_pid(spec_new.prefix) is None
+    assert "Kong started" not in res.out
+    res = _kong(bins, new, "migrations", "up", "-c", str(spec_new.conf_path))
+    assert res.rc == 0, str(res)
+    with running_node(bins(new), spec_new) as started:
+        assert "Database has pending migrations:" in started.out
+        assert started.out.strip().endswith("Kong started")
+        status, body = http_json(f"http://127.0.0.1:{spec_new.status}/status/ready")
+        assert (status, body) == (200, {"message": "ready"})
+
+
+def test_start_refused_before_bootstrap(pg, bins, tmp_path):
+    info = pg.fresh()
+    spec = make_spec(tmp_path, "nb", "3.4.3", **info.conf())
+    res = _kong(bins, "3.4.3", "start", "-c", str(spec.conf_path))
+    assert res.rc == 1
+    assert "Database needs bootstrapping or is older than Kong 1.0." in res.err
+    assert node_pid(spec.prefix) is None
+
+
+def test_run_migrations_flag(pg, bins, tmp_path):
+    info = pg.fresh()
+    spec = make_spec(tmp_path, "rm", "3.4.0", **info.conf())
+    assert _kong(bins, "3.4.0", "migrations", "bootstrap", "-c", str(spec.conf_path)).rc == 0
+    spec2 = make_spec(tmp_path, "rm2", "3.4.3", **info.conf())
+    with running_node(bins("3.4.3"), spec2) as started:
+        assert "Kong started" in started.out
+
+
+# ---------------------------------------------------------------------------- old node
+@pytest.mark.parametrize("old,new", [("2.8.4", "3.4.3"), ("3.6.0", "3.6.1")])
+def test_old_node_serves_after_up_and_breaks_after_finish(pg, bins, echo, tmp_path, old, new):
+    info, spec_old = _bootstrapped(pg, bins, old, tmp_path, "old")
+    _seed(info, old, echo)
+    spec_new = make_spec(tmp_path, "new", new, **info.conf())
+    with running_node(bins(old), spec_old):
+        assert http_call(f"{spec_old.proxy_url}/echo/a")[0] == 200
+        res = _kong(bins, new, "migrations", "up", "-c", str(spec_new.conf_path))
+        assert res.rc == 0 and "pending" in res.out, str(res)
+        # the old node keeps serving (cache refresh and probes keep working)
+        time.sleep(1.2)  # two db_update_frequency periods (0.5 s) of probing
+        assert http_call(f"{spec_old.proxy_url}/echo/a")[0] == 200
+        assert http_call(f"{spec_old.proxy_url}/secured/a",
+                         headers={"apikey": "alice-key"})[0] == 200
+        assert http_call(f"http://127.0.0.1:{spec_old.admin}/services")[0] in (200, 404)
+        res = _kong(bins, new, "migrations", "finish", "-c", str(spec_new.conf_path))
+        assert res.rc == 0, str(res)
+        status = poll(lambda: http_call(f"{spec_old.proxy_url}/echo/a")[0] == 500, 10,
+                      "old node's proxy to fail after finish")
+        assert status
+        code, _, body = http_call(f"{spec_old.proxy_url}/echo/a")
+        assert (code, json.loads(body)) == (500, {"message": "An unexpected error occurred"})
+        if versions.get(old).has_ready:
+            code, body = http_json(f"http://127.0.0.1:{spec_old.status}/status/ready")
+            assert code == 503
+        # /status itself still answers 200 with the database reachable
+        code, body = http_json(f"http://127.0.0.1:{spec_old.status}/status")
+        assert code == 200 and body["database"]["reachable"] is True
+
+
+# ---------------------------------------------------------------------------- status
+@pytest.mark.parametrize("version", ["3.2.2", "3.4.3", "3.9.1"])
+def test_ready_by_version_and_db_down(pg, bins, echo, tmp_path, version):
+    info, spec = _bootstrapped(pg, bins, version, tmp_path)
+    with running_node(bins(version), spec):
+        url = f"http://127.0.0.1:{spec.status}/status/ready"
+        code, body = http_json(url)
+        if not versions.get(version).has_ready:
+            assert code == 404
+            return
+        assert (code, body) == (200, {"message": "ready"})
+        code, body = http_json(f"http://127.0.0.1:{spec.status}/status")
+        assert code == 200 and body["database"] == {"reachable": True}
+        if versions.get(version).has_drain:
+            res = _kong(bins, version, "drain", "-p", str(spec.prefix))
+            assert res.rc == 0, str(res)
+            assert res.out == "Kong's status successfully changed to 'draining'\n"
+            assert http_json(url) == (503, {"message": "draining"})
+
+
+def test_database_down_keeps_serving(pg, bins, echo, tmp_path):
+    version = "3.4.3"
+    info, spec = _bootstrapped(pg, bins, version, tmp_path)
+    _seed(info, version, echo)
+    with running_node(bins(version), spec):
+        assert http_call(f"{spec.proxy_url}/echo/a")[0] == 200
+        pg.pause()
+        try:
+            status_url = f"http://127.0.0.1:{spec.status}/status"
+            poll(lambda: http_json(status_url)[1]["database"]["reachable"] is False, 10,
+                 "database.reachable false")
+            assert http_json(f"{status_url}/ready") == (503, {"message": "failed to connect to "
+                                                                         "database"})
+            assert http_call(f"{spec.proxy_url}/echo/a")[0] == 200
+            assert "kong_datastore_reachable 0" in http_call(
+                f"http://127.0.0.1:{spec.status}/metrics")[2].decode()
+        finally:
+            pg.resume()
+        poll(lambda: http_json(f"{status_url}/ready")[0] == 200, 15, "ready again")
+
+
+# ---------------------------------------------------------------------------- graceful quit
+def test_graceful_quit_under_keepalive_load_loses_nothing(pg, bins, echo, tmp_path):
+    version = "3.4.3"
+    info, spec = _bootstrapped(pg, bins, version, tmp_path)
+    _seed(info, version, echo)
+    kong = bins(version)
+    stop = threading.Event()
+    quitting = threading.Event()
+    counts = {"ok": 0, "failed": 0, "stale_retries": 0, "refused_after_quit": 0}
+    failures: list[str] = []
+    lock = threading.Lock()
+
+    def worker(slow: bool) -> None:
+        conn: http.client.HTTPConnection | None = None
+        reused = False
+        while not stop.is_set():
+            if conn is None:
+                conn = http.client.HTTPConnection("127.0.0.1", spec.proxy, timeout=10)
+                reused = False
+            try:
+                conn.request("GET", "/echo/slow" if slow else "/echo/x")
+                resp = conn.getresponse()
+                resp.read()
+                with lock:
+                    if resp.status == 200:
+                        counts["ok"] += 1
+                    else:
+                        counts["failed"] += 1
+                        failures.append(f"status {resp.status}")
+                reused = True
+                if resp.getheader("Connection", "").lower() == "close":
+                    conn.close()
+                    conn = None
+            except ConnectionRefusedError:
+                with lock:
+                    if quitting.is_set():
+                        counts["refused_after_quit"] += 1
+                    else:
+                        counts["failed"] += 1
+                        failures.append("refused before quit")
+                conn = None
+                if quitting.is_set():
+                    return
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
+                conn.close()
+                conn = None
+                with lock:
+                    if reused:
+                        counts["stale_retries"] += 1   # RFC 9112 9.3.1 retry on a new conn
+                    else:
+                        counts["failed"] += 1
+                        failures.append(repr(exc))
+            except OSError as exc:
+                with lock:
+                    counts["failed"] += 1
+                    failures.append(repr(exc))
+                conn = None
+
+    with running_node(kong, spec):
+        threads = [threading.Thread(target=worker, args=(i % 4 == 0,)) for i in range(24)]
+        for thread in threads:
+            thread.start()
+        poll(lambda: counts["ok"] > 300, 30, "steady load")
+        pid = node_pid(spec.prefix)
+        quitting.set()
+        res = run_kong(kong, "quit", "-p", str(spec.prefix), "-t", "20")
+        assert res.rc == 0 and res.out == "Kong stopped (gracefully)\n", str(res)
+        assert not alive(pid)
+        for thread in threads:
+            thread.join(15)
+        stop.set()
+    assert counts["failed"] == 0, (counts, failures[:5])
+    assert counts["ok"] > 300
+    print(f"graceful quit under load: {counts}")
