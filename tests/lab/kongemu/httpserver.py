@@ -21,10 +21,12 @@ is all the emulator needs.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import select
 import socket
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -265,10 +267,18 @@ class HTTPServer:
                     break
         if lst.removed:
             return
-        # Graceful: accept whatever the kernel already queued, then close.
+        # Graceful: stop new handshakes (drop filter: new clients' SYNs go unanswered and
+        # they are refused once the socket is closed), accept whatever the kernel already
+        # queued, then close. Without the filter, a connection completing between the
+        # last accept() and close() would be reset instead of refused.
+        keep = _drop_new_connections(lst.sock)
+        while self._accept_one(lst):
+            pass
+        time.sleep(0.01)
         while self._accept_one(lst):
             pass
         _close_listen(lst.sock)
+        del keep
 
     def _accept_one(self, lst: _Listen) -> bool:
         try:
@@ -590,6 +600,25 @@ class HTTPServer:
         if method != "HEAD":
             data += body
         conn.sock.sendall(data)
+
+
+_SO_ATTACH_FILTER = 26
+
+
+def _drop_new_connections(sock: socket.socket) -> object:
+    """Attach a classic BPF program that drops every packet (Linux); best effort.
+
+    Returns the program buffer, which must stay alive while the filter is attached.
+    """
+    try:
+        # struct sock_filter { __u16 code; __u8 jt; __u8 jf; __u32 k; } = BPF_RET|BPF_K, 0
+        insn = (ctypes.c_ubyte * 8).from_buffer_copy(struct.pack("=HBBI", 0x06, 0, 0, 0))
+        # struct sock_fprog { unsigned short len; struct sock_filter *filter; }
+        fprog = struct.pack("HP", 1, ctypes.addressof(insn))
+        sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, fprog)
+        return insn
+    except (OSError, AttributeError, struct.error):
+        return None
 
 
 def _close_listen(sock: socket.socket) -> None:
