@@ -48,7 +48,7 @@ def _installer() -> Any:
     or ``module:func``) to run the lab with other ``kong`` builds, e.g. real Kong packages."""
     spec = os.environ.get("KONG_LAB_INSTALLER")
     if spec:
-        target, _, func = spec.rpartition(":")
+        target, _sep, func = spec.rpartition(":")
         if not target or not func:
             raise LabError(f"KONG_LAB_INSTALLER must be 'module:function' or 'file.py:function', got {spec!r}")
         try:

@@ -81,8 +81,8 @@ def http_get(url: str, headers: dict[str, str] | None = None,
              timeout: float = 3.0) -> tuple[int, dict[str, str], bytes]:
     """One GET on a fresh connection: (status, headers with lower-case names, body)."""
     rest = url.split("://", 1)[1]
-    hostport, _, path = rest.partition("/")
-    host, _, port = hostport.partition(":")
+    hostport, _sep, path = rest.partition("/")
+    host, _sep, port = hostport.partition(":")
     conn = http.client.HTTPConnection(host, int(port or 80), timeout=timeout)
     try:
         conn.request("GET", "/" + path, headers=headers or {})
@@ -508,7 +508,7 @@ class Lab:
 
     @staticmethod
     def _served_by(url: str, version: str) -> bool:
-        status, headers, _ = http_get(url)
+        status, headers, _body = http_get(url)
         if status != 200:
             raise LabError(f"GET {url} answered {status}")
         got = kong_version(headers.get("via"), headers.get("server"))
@@ -664,8 +664,8 @@ class Lab:
                 continue
             pid = read_pidfile(Path(info["prefix"]) / "pids" / "nginx.pid")
             alive = bool(pid and is_alive(pid))
-            note = f"Kong {info['version']}, " + ("started outside the lab" if alive else
-                                                   "not started (configuring Y is the collection's job)")
+            what = "started outside the lab" if alive else "not started (configuring Y is the collection's job)"
+            note = f"Kong {info['version']}, {what}"
             comps.append(ComponentStatus(node_name, "kong-y" if info.get("group") == "y" else "kong",
                                          pid if alive else None, alive, str(info.get("address", "")), note))
         return state.data, comps

@@ -160,7 +160,7 @@ class PgCluster:
         if pid is None:
             raise LabError(f"PostgreSQL started but {self.data}/postmaster.pid has no pid")
         wait_until(
-            lambda: self.accepts(),
+            self.accepts,
             timeout,
             f"PostgreSQL to accept connections on {self.host}:{self.port}",
             hint=f"see {self.log}",

@@ -89,7 +89,7 @@ class RawHTTPServer:
     def _accept(self) -> None:
         while not self._stop.is_set():
             try:
-                conn, _ = self.sock.accept()
+                conn, _addr = self.sock.accept()
             except OSError:
                 return
             with self._lock:
@@ -112,7 +112,7 @@ class RawHTTPServer:
                     if not data:
                         return
                     buf += data
-                _, buf = buf.split(b"\r\n\r\n", 1)
+                buf = buf.split(b"\r\n\r\n", 1)[1]
                 action = self.behaviour(n, conn_index)
                 n += 1
                 if action == "close":

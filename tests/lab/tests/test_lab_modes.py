@@ -52,7 +52,7 @@ def test_dbless_mode_serves_the_seed_file() -> None:
         assert "database = off" in conf and f"declarative_config = {lab.run_dir}/kong.yml" in conf
         assert "pg_password" not in conf
         assert lab.host("y1")["kong_declarative_config"] == str(lab.run_dir / "kong.yml")
-        status, headers, _ = http_get(lab.frontend + "/svc2/a")
+        status, headers, _body = http_get(lab.frontend + "/svc2/a")
         assert status == 200
         assert kong_version(headers.get("via"), headers.get("server")) == "3.9.1"
 
@@ -67,11 +67,11 @@ def test_hybrid_mode_control_plane_and_data_planes() -> None:
             node = lab.host(name)
             assert node["kong_role"] == "data_plane" and node["kong_database"] == "off"
             assert node["kong_cluster_control_plane"] == "127.0.3.1:8005"
-        status, _, body = http_get(cp["kong_admin_url"] + "/clustering/data-planes")
+        status, _headers, body = http_get(cp["kong_admin_url"] + "/clustering/data-planes")
         assert status == 200
         planes = json.loads(body)["data"]
         assert sorted(p["version"] for p in planes) == ["3.9.1", "3.9.1"]
-        status, headers, _ = http_get(lab.frontend + "/")
+        status, headers, _body = http_get(lab.frontend + "/")
         assert status == 200
         assert kong_version(headers.get("via"), headers.get("server")) == "3.9.1"
         assert not port_in_use("127.0.3.1", 8000)  # a control plane does not proxy

@@ -103,7 +103,7 @@ def test_lab_load_cli_ends_cleanly_on_sigterm_and_writes_summary(lab: LabHandle,
         size = access_log.stat().st_size
         poll(lambda: access_log.stat().st_size > size + 5000, 20, "lab load traffic in the access log")
         proc.send_signal(signal.SIGTERM)
-        stdout, _ = proc.communicate(timeout=30)
+        stdout = proc.communicate(timeout=30)[0]
     finally:
         if proc.poll() is None:
             proc.kill()
