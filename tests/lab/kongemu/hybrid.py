@@ -100,11 +100,14 @@ class ControlPlane:
         with self._cond:
             if self._export is not None:
                 return self._export
-        config = self.node.backend.call("load_config")
-        export, chash = export_and_hash(config, self.node.version_info)
+        from . import declarative  # pylint: disable=import-outside-toplevel
+
+        entities = self.node.backend.call("export")
+        chash = declarative.config_hash(entities)
+        document = declarative.export_document(entities, self.node.version_info)
         with self._cond:
-            self._export = (chash, export)
-        return chash, export
+            self._export = (chash, document)
+        return chash, document
 
     def handle(self, request: Request) -> Response:
         path = request.path.rstrip("/")
@@ -179,19 +182,6 @@ def upsert_data_plane(node: Node, row: dict[str, Any]) -> None:
     row = dict(row)
     purge_delay = int(row.pop("ttl", 1209600))
     node.backend.call("upsert_data_plane", row, purge_delay=purge_delay)
-
-
-def export_and_hash(config: Any, version_info: versions.VersionInfo) -> tuple[dict[str, Any],
-                                                                              str]:
-    """Declarative export of a loaded configuration and its hash (declarative.py)."""
-    from . import declarative  # pylint: disable=import-outside-toplevel
-
-    export = declarative.export_config(config, version_info)
-    return export, declarative.config_hash(export)
-
-
-
-
 
 
 # ============================================================================ data plane

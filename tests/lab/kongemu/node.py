@@ -744,7 +744,7 @@ class Node:
                     f"nginx: [error] init_by_lua error: error parsing declarative config "
                     f"file {path}:\n{exc.strerror}: {path}") from exc
             try:
-                store = dbless_load(declarative, text, self.version_info, path)
+                store = dbless_load(declarative, text, self.version_info)
             except Exception as exc:  # pylint: disable=broad-except
                 raise StartupError(
                     f"nginx: [error] init_by_lua error: error parsing declarative config "
@@ -1107,14 +1107,14 @@ def _close_store(store: Any) -> None:
 
 
 # DB-less helpers (adapters around declarative.py).
-def dbless_load(declarative: Any, text: str, version_info: versions.VersionInfo,
-                source: str | None = None) -> Any:
-    del source
-    return declarative.load_store(text, version_info)
+def dbless_load(declarative: Any, text: str, version_info: versions.VersionInfo) -> Any:
+    """Parse and validate a declarative configuration into a MemoryStore."""
+    return declarative.memory_store_from_text(text, version_info)
 
 
 def dbless_empty(declarative: Any, version_info: versions.VersionInfo) -> Any:
-    return declarative.empty_store(version_info)
+    del version_info
+    return declarative.MemoryStore()
 
 
 def store_config(store: Any) -> Any:
@@ -1122,7 +1122,7 @@ def store_config(store: Any) -> Any:
 
 
 def store_hash(store: Any) -> str | None:
-    return getattr(store, "config_hash", None)
+    return getattr(store, "hash", None)
 
 
 # ============================================================================ admin context
