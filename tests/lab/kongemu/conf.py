@@ -143,7 +143,7 @@ class KongConf(Mapping[str, str]):
         """The configuration with secrets replaced by ****** (GET / configuration)."""
         return {k: ("******" if k in SECRET_KEYS and v else v) for k, v in self.values.items()}
 
-    def with_prefix(self, prefix: str) -> "KongConf":
+    def with_prefix(self, prefix: str) -> KongConf:
         values = dict(self.values)
         values["prefix"] = prefix
         return KongConf(values, self.conf_path, dict(self.sources))
