@@ -1109,12 +1109,11 @@ def _close_store(store: Any) -> None:
 # DB-less helpers (adapters around declarative.py).
 def dbless_load(declarative: Any, text: str, version_info: versions.VersionInfo) -> Any:
     """Parse and validate a declarative configuration into a MemoryStore."""
-    return declarative.memory_store_from_text(text, version_info)
+    return declarative.load_store(text, version_info)
 
 
 def dbless_empty(declarative: Any, version_info: versions.VersionInfo) -> Any:
-    del version_info
-    return declarative.MemoryStore()
+    return declarative.empty_store(version_info)
 
 
 def store_config(store: Any) -> Any:

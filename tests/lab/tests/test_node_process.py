@@ -114,7 +114,6 @@ def test_start_health_stop_messages(pg, bins, echo, tmp_path):
     res = run_kong(kong, "start", "-c", str(spec.conf_path))
     try:
         assert res.rc == 0, str(res)
-        assert f"prefix directory {spec.prefix} not found, trying to create it" in res.out
         assert res.out.strip().endswith("Kong started")
         pid = node_pid(spec.prefix)
         assert pid and alive(pid)
@@ -270,7 +269,7 @@ def test_old_node_serves_after_up_and_breaks_after_finish(pg, bins, echo, tmp_pa
         assert http_call(f"{spec_old.proxy_url}/echo/a")[0] == 200
         assert http_call(f"{spec_old.proxy_url}/secured/a",
                          headers={"apikey": "alice-key"})[0] == 200
-        assert http_call(f"http://127.0.0.1:{spec_old.admin}/services")[0] in (200, 404)
+        assert http_call(f"http://127.0.0.1:{spec_old.admin}/services")[0] == 200
         res = _kong(bins, new, "migrations", "finish", "-c", str(spec_new.conf_path))
         assert res.rc == 0, str(res)
         status = poll(lambda: http_call(f"{spec_old.proxy_url}/echo/a")[0] == 500, 10,
@@ -278,9 +277,11 @@ def test_old_node_serves_after_up_and_breaks_after_finish(pg, bins, echo, tmp_pa
         assert status
         code, _, body = http_call(f"{spec_old.proxy_url}/echo/a")
         assert (code, json.loads(body)) == (500, {"message": "An unexpected error occurred"})
+        code, body = http_json(f"http://127.0.0.1:{spec_old.admin}/services")
+        assert (code, body) == (500, {"message": "An unexpected error occurred"})
         if versions.get(old).has_ready:
             code, body = http_json(f"http://127.0.0.1:{spec_old.status}/status/ready")
-            assert code == 503
+            assert (code, body) == (503, {"message": "router builds not yet complete"})
         # /status itself still answers 200 with the database reachable
         code, body = http_json(f"http://127.0.0.1:{spec_old.status}/status")
         assert code == 200 and body["database"]["reachable"] is True
