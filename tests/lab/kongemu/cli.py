@@ -461,16 +461,14 @@ def load_conf(info: VersionInfo, args: dict[Any, Any], use_kong_env: bool = Fals
     return conf
 
 
-def _check_prefix(conf: confmod.KongConf, log: Log) -> None:
-    """What prepare_prefix does first: create a missing prefix, refuse a non-directory."""
+def _check_prefix(conf: confmod.KongConf) -> None:
+    """`-p /dev/null` -> `/dev/null is not a directory` (kong-facts 2.2).
+
+    Only the check: a missing prefix is left for `kong start`/`prepare` to create
+    (kong-facts does not say that `migrations` creates it).
+    """
     prefix = conf.prefix
-    if not os.path.exists(prefix):
-        log.verbose("prefix directory %s not found, trying to create it", prefix)
-        try:
-            os.makedirs(prefix, exist_ok=True)
-        except OSError as exc:
-            raise KongError(f"could not create prefix directory {prefix}: {exc.strerror}") from None
-    if not os.path.isdir(prefix):
+    if os.path.exists(prefix) and not os.path.isdir(prefix):
         raise KongError(f"{prefix} is not a directory")
 
 
@@ -505,7 +503,7 @@ def cmd_migrations(info: VersionInfo, args: dict[Any, Any], log: Log) -> int:
     if args.get("quiet"):
         log.disable()
     conf = load_conf(info, args)
-    _check_prefix(conf, log)
+    _check_prefix(conf)
     return migrations.execute(info, conf, args, log)
 
 
