@@ -122,6 +122,35 @@ def test_status_reports_every_component_alive(lab: LabHandle) -> None:
     assert lab_cli("up", check=False).returncode != 0  # a second lab is refused
 
 
+STARTED_OUTSIDE: dict[str, int] = {}
+
+
+def test_a_y_node_started_like_the_collection_does_gets_no_traffic_at_weight_0(lab: LabHandle) -> None:
+    x1, y1 = lab.host("x1"), lab.host("y1")
+    conf = Path(x1["kong_conf_path"]).read_text()
+    conf = conf.replace(x1["kong_prefix"], y1["kong_prefix"]).replace("127.0.1.1:", "127.0.2.1:")
+    Path(y1["kong_prefix"]).mkdir(parents=True)
+    Path(y1["kong_conf_path"]).write_text(conf)
+    Path(y1["kong_conf_path"]).chmod(0o600)
+    for args in (["migrations", "up"], ["start"]):
+        res = subprocess.run([y1["kong_executable"], *args, "-c", y1["kong_conf_path"]],
+                             capture_output=True, text=True, timeout=120, check=False)
+        assert res.returncode == 0, (args, res.stdout, res.stderr)
+    STARTED_OUTSIDE["y1"] = int((Path(y1["kong_prefix"]) / "pids" / "nginx.pid").read_text())
+    api = _api(lab)
+    poll(lambda: api.server_stat("y1")["status"] == "UP", 15, "HAProxy to see y1 UP")
+    assert api.servers_state()["y1"]["srv_uweight"] == "0"
+    for _i in range(20):
+        status, headers, _body = http_get(lab.frontend + "/")
+        assert status == 200
+        assert kong_version(headers.get("via"), headers.get("server")) == X_VERSION
+    status, headers, _body = http_get(y1["kong_proxy_url"] + "/")  # y1 itself serves
+    assert status == 200 and kong_version(headers.get("via"), headers.get("server")) == Y_VERSION
+    res = lab_cli("status", "--json", check=False)
+    comps = {c["name"]: c for c in json.loads(res.stdout)["components"]}
+    assert comps["y1"]["alive"] and "started outside the lab" in comps["y1"]["note"]
+
+
 def test_smoke_shift_drain_and_graceful_quit_under_load_gives_zero_failures(lab: LabHandle) -> None:
     api = _api(lab)
     x1 = lab.host("x1")
@@ -164,8 +193,9 @@ def test_status_exits_3_when_a_node_is_down(lab: LabHandle) -> None:
 
 
 def test_down_stops_every_pid_and_removes_run_dir(lab: LabHandle) -> None:
-    pids = sorted(set(lab.pids) | set(lab.collect_pids()))
-    assert len(pids) >= 5  # postgres (+ its children), echo, haproxy, x1, x2
+    pids = sorted(set(lab.pids) | set(lab.collect_pids()) | set(STARTED_OUTSIDE.values()))
+    assert len(pids) >= 5  # postgres (+ its children), echo, haproxy, x2, y1
+    assert all(is_alive(p) for p in STARTED_OUTSIDE.values())
     started = time.monotonic()
     lab_cli("down")
     assert time.monotonic() - started < 60
