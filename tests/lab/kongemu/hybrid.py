@@ -234,7 +234,7 @@ class DataPlane:
         from . import declarative  # pylint: disable=import-outside-toplevel
         from . import node as nodemod  # pylint: disable=import-outside-toplevel
 
-        store = nodemod.dbless_load(declarative, json.dumps(config), self.node.version_info)
+        store = nodemod.dbless_load_doc(declarative, config, self.node.version_info)
         self.node.install_store(store)
         self.node.config_hash = chash
 

@@ -263,7 +263,7 @@ class Router:
         v3 = self.version_info.major >= 3
         # host key (exact host, "*wild", or "") -> routes
         self.exact: dict[str, list[Route]] = {}
-        self.wildcards: list[tuple[re.Pattern[str], Route]] = []
+        wildcards: dict[str, list[Route]] = {}
         self.hostless: list[Route] = []
         self.count = 0
         for raw in routes:
@@ -302,11 +302,13 @@ class Router:
                 self.hostless.append(route)
             for host in route.hosts:
                 if "*" in host:
-                    pattern = re.escape(host).replace(r"\*", r"[^.]+")
-                    self.wildcards.append((re.compile(f"^{pattern}$"), route))
+                    wildcards.setdefault(host, []).append(route)
                 else:
                     self.exact.setdefault(host, []).append(route)
-        self._indexes: dict[int, _PathIndex] = {}
+        self.wildcards: list[tuple[re.Pattern[str], _PathIndex]] = []
+        for host, group in wildcards.items():
+            pattern = re.escape(host).replace(r"\*", r"[^.]+")
+            self.wildcards.append((re.compile(f"^{pattern}$"), _PathIndex(group)))
         self.exact_index = {h: _PathIndex(rs) for h, rs in self.exact.items()}
         self.hostless_index = _PathIndex(self.hostless)
 
@@ -322,10 +324,9 @@ class Router:
         idx = self.exact_index.get(host_l)
         if idx is not None:
             candidates.append(idx)
-        if self.wildcards:
-            wild = [r for pat, r in self.wildcards if pat.match(host_l)]
-            if wild:
-                candidates.append(_PathIndex(wild))
+        for pattern, wild_index in self.wildcards:
+            if pattern.match(host_l):
+                candidates.append(wild_index)
         candidates.append(self.hostless_index)
         for index in candidates:
             found = index.find(method, path, headers)
