@@ -17,6 +17,7 @@ import secrets
 import shutil
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -203,11 +204,42 @@ def _lab_lock(run_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def _signals_ignored() -> Iterator[None]:
+    """Ignore SIGINT/SIGTERM (main thread only) so a second signal cannot cut a teardown short."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
 def _cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
+
+
+def _remove_tree(path: Path) -> None:
+    """rmtree that tolerates files vanishing underneath it (a process exiting late)."""
+
+    def onerror(func: Callable[..., Any], target: str, exc_info: Any) -> None:
+        if not isinstance(exc_info[1], FileNotFoundError):
+            raise exc_info[1]
+
+    deadline = time.monotonic() + 10.0
+    while path.exists():
+        try:
+            shutil.rmtree(path, onerror=onerror)
+        except OSError as exc:
+            if time.monotonic() >= deadline:
+                raise LabError(f"could not remove {path}: {exc}") from exc
+            time.sleep(0.1)
 
 
 # --------------------------------------------------------------------------- the lab
@@ -249,10 +281,11 @@ class Lab:
                 reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc)
                 _say(f"lab up failed: {reason}")
                 _say("tearing down what was started")
-                try:
-                    self._down_locked(quiet=True)
-                except LabError as down_exc:
-                    _say(f"teardown problem: {down_exc}")
+                with _signals_ignored():
+                    try:
+                        self._down_locked(quiet=True)
+                    except LabError as down_exc:
+                        _say(f"teardown problem: {down_exc}")
                 if isinstance(exc, LabError):
                     raise
                 if isinstance(exc, KeyboardInterrupt):
@@ -543,28 +576,14 @@ class Lab:
             if ref is not None:
                 self._stop_tree(ref, signal.SIGTERM, 15.0, say, name)
 
-        # Kong nodes: every prefix under run/nodes (the lab's and any the collection started)
-        node_refs: list[tuple[str, ProcRef, Path | None, Path]] = []
-        seen_pids: set[int] = set()
-        nodes_dir = self.paths.nodes
-        prefixes = sorted(nodes_dir.iterdir()) if nodes_dir.is_dir() else []
-        # data planes and traditional nodes before control planes
-        prefixes.sort(key=lambda d: d.name.startswith("cp"))
-        for prefix in prefixes:
-            info = procs.get(f"node:{prefix.name}")
-            ref = self._ref(info, prefix / "pids" / "nginx.pid", "kong")
-            if ref is None:
-                continue
-            seen_pids.add(ref.pid)
-            exe = Path(info["executable"]) if info and info.get("executable") else self._any_kong()
-            node_refs.append((prefix.name, ref, exe, prefix))
-        for name, info in procs.items():
-            if info.get("kind") == "kong":
-                ref = ProcRef.from_json(info)
-                if ref.pid not in seen_pids and ref.alive():
-                    node_refs.append((name, ref, None, Path(info.get("prefix", "."))))
-        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(8, len(node_refs)))) as pool:
-            list(pool.map(lambda t: self._stop_kong(*t, say), node_refs))
+        # Kong nodes: every prefix under run/nodes (the lab's and any the collection
+        # started); a second pass catches a node whose pid file appeared meanwhile
+        for _pass in range(2):
+            node_refs = self._running_nodes(procs)
+            if not node_refs:
+                break
+            with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, len(node_refs))) as pool:
+                list(pool.map(lambda t: self._stop_kong(*t, say), node_refs))
 
         echo = self._ref(procs.get("echo"), self.paths.echo / "echo.pid", "labctl.echo")
         if echo is not None:
@@ -587,9 +606,32 @@ class Lab:
         leftovers = [n for n, i in procs.items() if ProcRef.from_json(i).alive()]
         if leftovers:
             raise LabError(f"could not stop: {', '.join(leftovers)}; state kept in {self.run_dir}")
-        shutil.rmtree(self.run_dir, ignore_errors=False)
+        _remove_tree(self.run_dir)
         say(f"removed {self.run_dir}")
         return notes
+
+    def _running_nodes(self, procs: dict[str, dict[str, Any]]) -> list[tuple[str, ProcRef, Path | None, Path]]:
+        """Running Kong nodes: (name, process, kong executable, prefix); data planes and
+        traditional nodes before control planes."""
+        found: list[tuple[str, ProcRef, Path | None, Path]] = []
+        seen: set[int] = set()
+        nodes_dir = self.paths.nodes
+        prefixes = sorted(nodes_dir.iterdir()) if nodes_dir.is_dir() else []
+        prefixes.sort(key=lambda d: d.name.startswith("cp"))
+        for prefix in prefixes:
+            info = procs.get(f"node:{prefix.name}")
+            ref = self._ref(info, prefix / "pids" / "nginx.pid", "kong")
+            if ref is None:
+                continue
+            seen.add(ref.pid)
+            exe = Path(info["executable"]) if info and info.get("executable") else self._any_kong()
+            found.append((prefix.name, ref, exe, prefix))
+        for name, info in procs.items():
+            if info.get("kind") == "kong":
+                ref = ProcRef.from_json(info)
+                if ref.pid not in seen and ref.alive():
+                    found.append((name, ref, None, Path(info.get("prefix", "."))))
+        return found
 
     def _ref(self, info: dict[str, Any] | None, pidfile: Path, match: str) -> ProcRef | None:
         """The process to stop: the recorded one if alive, else a pidfile's (checked by cmdline)."""

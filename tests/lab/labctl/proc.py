@@ -237,25 +237,38 @@ def run(
 ) -> subprocess.CompletedProcess[str]:
     """Run a command, capture its output, and raise LabError with its stderr on failure."""
     try:
-        res = subprocess.run(
+        proc = subprocess.Popen(  # noqa: S603 - argv is built by the lab
             list(argv),
             env=dict(env) if env is not None else None,
             cwd=str(cwd) if cwd else None,
-            capture_output=True,
+            stdin=subprocess.PIPE if input_text is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=timeout,
-            input=input_text,
-            stdin=None if input_text is not None else subprocess.DEVNULL,
-            check=False,
+            start_new_session=True,  # our own process group: killed whole if we give up
         )
     except FileNotFoundError as exc:
         raise LabError(f"{what}: executable not found: {argv[0]}") from exc
-    except subprocess.TimeoutExpired as exc:
-        raise LabError(f"{what}: timed out after {timeout:.0f}s: {' '.join(argv[:3])} ...") from exc
+    try:
+        stdout, stderr = proc.communicate(input_text, timeout=timeout)
+    except BaseException as exc:  # timeout, KeyboardInterrupt, SIGTERM turned into one
+        _kill_group(proc)
+        if isinstance(exc, subprocess.TimeoutExpired):
+            raise LabError(f"{what}: timed out after {timeout:.0f}s: {' '.join(argv[:3])} ...") from exc
+        raise
+    res = subprocess.CompletedProcess(list(argv), proc.returncode, stdout, stderr)
     if check and res.returncode != 0:
         tail = (res.stderr.strip() or res.stdout.strip())[-2000:]
         raise LabError(f"{what} failed (exit {res.returncode}): {tail}")
     return res
+
+
+def _kill_group(proc: subprocess.Popen[str]) -> None:
+    """SIGKILL ``proc``'s whole process group (children included) and reap it."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.communicate(timeout=10)
 
 
 def spawn_daemon(
