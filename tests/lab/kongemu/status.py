@@ -154,6 +154,8 @@ def ready_reason(node: Node) -> str | None:
         return None
     if not node.db_reachable():
         return "failed to connect to database"
+    if node.role == "control_plane":
+        return None  # a control plane is ready as soon as its database connects
     if node.router is None or node.config_error is not None:
         return "router builds not yet complete"
     return None
