@@ -52,77 +52,13 @@ def poll(predicate: Callable[[], Any], timeout: float, what: str,
 
 
 def kong_bin(version: str, root: Path) -> Path:
-    """The `kong` launcher for ``version`` (kongemu.install; a stand-in before it exists)."""
+    """The `kong` launcher for ``version`` (kongemu.install), installed once per root."""
     key = (version, str(root))
     if key not in _INSTALLED:
-        try:
-            from kongemu import cli, install  # pylint: disable=import-outside-toplevel
-            del cli
-        except ImportError:
-            _INSTALLED[key] = _stand_in_launcher(version, root)
-        else:
-            _INSTALLED[key] = Path(install.install_version(version, root))
+        from kongemu import install  # pylint: disable=import-outside-toplevel
+
+        _INSTALLED[key] = Path(install.install_version(version, root))
     return _INSTALLED[key]
-
-
-_STAND_IN = """#!{python}
-# Test stand-in for the kongemu.install launcher (process commands + migrations only).
-import sys
-sys.path.insert(0, {lab!r})
-from kongemu import conf, errors, migrations, node, versions
-from kongemu.logutil import Log
-
-FLAGS = {{"-c": "conf", "--conf": "conf", "-p": "prefix", "--prefix": "prefix",
-         "-t": "timeout", "--timeout": "timeout", "-w": "wait", "--wait": "wait",
-         "--db-timeout": "db_timeout", "--lock-timeout": "lock_timeout"}}
-SWITCHES = {{"--run-migrations": "run_migrations", "-y": "yes", "--yes": "yes",
-            "-f": "force", "--force": "force", "-q": "quiet", "--quiet": "quiet",
-            "--v": "v", "--vv": "vv"}}
-
-
-def main(argv):
-    info = versions.get({version!r})
-    log = Log()
-    args = {{"conf": None, "prefix": None}}
-    words = []
-    i = 0
-    while i < len(argv):
-        if argv[i] in FLAGS:
-            args[FLAGS[argv[i]]] = argv[i + 1]
-            i += 2
-            continue
-        if argv[i] in SWITCHES:
-            args[SWITCHES[argv[i]]] = True
-        else:
-            words.append(argv[i])
-        i += 1
-    if args.get("v"):
-        log.set_level("verbose")
-    try:
-        if words[0] == "migrations":
-            args["command"] = words[1]
-            loaded = conf.load(info, args["conf"], args["prefix"])
-            return migrations.execute(info, loaded, args, log)
-        return getattr(node, "cmd_" + words[0])(info, args, log)
-    except errors.KongError as exc:
-        sys.stderr.write("Error: " + exc.message + "\\n\\n  Run with --v (verbose) or "
-                         "--vv (debug) for more details\\n")
-        return 1
-    except errors.Exit as exc:
-        return exc.code
-
-
-sys.exit(main(sys.argv[1:]))
-"""
-
-
-def _stand_in_launcher(version: str, root: Path) -> Path:
-    path = root / "versions" / version / "bin" / "kong"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(_STAND_IN.format(python=sys.executable, lab=str(LAB_DIR), version=version),
-                    encoding="utf-8")
-    path.chmod(0o755)
-    return path
 
 
 @dataclass
