@@ -1,0 +1,381 @@
+# -*- coding: utf-8 -*-
+# Copyright: kongops.upgrade contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Verified PostgreSQL backups of a Kong database, and their restore (kong-facts 7.3).
+
+Private to the collection. A backup is three things side by side in a private
+directory: the dump (custom format file or directory format), `<label>.sha256`
+and `<label>.meta.json`. Row counts in the metadata come from the same snapshot
+as the dump (pg_export_snapshot + pg_dump --snapshot), so a restore can be checked
+against them exactly.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import re
+import select
+import shutil
+import subprocess
+import time
+
+from ansible_collections.kongops.upgrade.plugins.module_utils._kong_tables import is_config_table
+from ansible_collections.kongops.upgrade.plugins.module_utils._pg import PgError, quote_ident, quote_literal
+
+LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+MARKER_PREFIX = "kongops.upgrade restored "
+_END = "__kongops_end__"
+
+
+class BackupError(Exception):
+    """A backup or restore problem, with what to do about it."""
+
+
+def server_major(version_num):
+    return version_num // 10000 if version_num >= 100000 else version_num // 100
+
+
+class BackupPaths:
+    def __init__(self, backup_dir, label, fmt):
+        if not LABEL_RE.match(label or ""):
+            raise BackupError("label %r is not usable as a file name: use letters, digits, '.', '_' and '-'" % (label,))
+        self.dir = os.path.abspath(backup_dir)
+        self.label = label
+        self.format = fmt
+        name = label + (".dump" if fmt == "custom" else ".dumpdir")
+        self.dump = os.path.join(self.dir, name)
+        self.checksum = os.path.join(self.dir, label + ".sha256")
+        self.meta = os.path.join(self.dir, label + ".meta.json")
+
+    def exists(self):
+        return os.path.exists(self.dump) or os.path.exists(self.meta) or os.path.exists(self.checksum)
+
+
+def sha256_of(path):
+    """sha256 of a dump file, or of a directory dump (sorted names and file contents)."""
+    digest = hashlib.sha256()
+    if os.path.isdir(path):
+        for name in sorted(os.listdir(path)):
+            digest.update(name.encode() + b"\0")
+            with open(os.path.join(path, name), "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+    else:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def size_of(path):
+    if os.path.isdir(path):
+        return sum(os.path.getsize(os.path.join(path, n)) for n in os.listdir(path))
+    return os.path.getsize(path)
+
+
+def _write_private(path, text):
+    tmp = path + ".partial"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.chmod(tmp, 0o600)
+    os.rename(tmp, path)
+
+
+class SnapshotSession:
+    """A psql session holding a REPEATABLE READ transaction with an exported snapshot."""
+
+    def __init__(self, pg, timeout=600):
+        self.pg = pg
+        self.timeout = timeout
+        self.proc = None
+        self._buffer = b""
+
+    def __enter__(self):
+        env = dict(os.environ)
+        env.update(self.pg.env())
+        argv = [self.pg.tool("psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"]
+        self._buffer = b""
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     env=env, bufsize=0)
+        self.ask("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        return self
+
+    def ask(self, sql):
+        """Send one statement and return its stdout lines (the session stays open)."""
+        if self.proc.poll() is not None:
+            raise PgError(self.pg.explain(self.proc.stderr.read().decode("utf-8", "replace")))
+        self.proc.stdin.write((sql.rstrip().rstrip(";") + ";\n\\echo " + _END + "\n").encode("utf-8"))
+        self.proc.stdin.flush()
+        fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + self.timeout
+        while True:
+            text = self._buffer.decode("utf-8", "replace")
+            lines = text.split("\n")
+            if _END in lines[:-1]:
+                end = lines.index(_END)
+                rest = "\n".join(lines[end + 1:])
+                self._buffer = rest.encode("utf-8")
+                return lines[:end]
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise PgError("psql did not answer within %s s" % self.timeout)
+            ready, _w, _x = select.select([fd], [], [], min(remaining, 1.0))
+            if not ready:
+                if self.proc.poll() is not None:
+                    raise PgError(self.pg.explain(self.proc.stderr.read().decode("utf-8", "replace")))
+                continue
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                self.proc.wait()
+                raise PgError(self.pg.explain(self.proc.stderr.read().decode("utf-8", "replace")))
+            self._buffer += chunk
+
+    def __exit__(self, *exc_info):
+        if self.proc is not None:
+            try:
+                if self.proc.poll() is None:
+                    self.proc.stdin.write(b"COMMIT;\n\\q\n")
+                    self.proc.stdin.flush()
+                self.proc.wait(timeout=30)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+        return False
+
+
+def _json_line(lines):
+    text = "\n".join(lines).strip()
+    return json.loads(text) if text else None
+
+
+TABLES_SQL = ("SELECT coalesce(json_agg(c.relname ORDER BY c.relname), '[]'::json) FROM pg_class c "
+              "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p') "
+              "AND n.nspname = current_schema()")
+
+
+def count_rows(ask, tables):
+    """Row counts of ``tables`` with one query, through ``ask`` (a callable returning lines)."""
+    if not tables:
+        return {}
+    parts = ["SELECT %s AS t, count(*) AS n FROM %s" % (quote_literal(t), quote_ident(t)) for t in tables]
+    sql = "SELECT coalesce(json_object_agg(t, n), '{}'::json) FROM (%s) q" % " UNION ALL ".join(parts)
+    return {k: int(v) for k, v in (_json_line(ask(sql)) or {}).items()}
+
+
+def schema_meta_snapshot(ask, tables):
+    if "schema_meta" not in tables:
+        return None
+    sql = ("SELECT coalesce(json_agg(json_build_object('subsystem', subsystem, 'last_executed', last_executed, "
+           "'executed', executed, 'pending', pending) ORDER BY subsystem), '[]'::json) FROM schema_meta "
+           "WHERE key = 'schema_meta'")
+    return _json_line(ask(sql))
+
+
+class Backup:
+    """Take, verify and restore one labelled backup."""
+
+    def __init__(self, pg, paths, jobs=1, compress=None, check_space=True):
+        self.pg = pg
+        self.paths = paths
+        self.jobs = jobs
+        self.compress = compress
+        self.check_space = check_space
+
+    # -- verification ------------------------------------------------------------
+    def read_meta(self):
+        try:
+            with open(self.paths.meta) as handle:
+                return json.load(handle)
+        except (OSError, ValueError) as exc:
+            raise BackupError("backup metadata %s is missing or unreadable: %s" % (self.paths.meta, exc)) from exc
+
+    def verify(self):
+        """Checksum and `pg_restore --list`; returns the metadata. Raises BackupError."""
+        if not os.path.exists(self.paths.dump):
+            raise BackupError("backup %s not found" % self.paths.dump)
+        meta = self.read_meta()
+        try:
+            with open(self.paths.checksum) as handle:
+                recorded = handle.read().split()[0]
+        except (OSError, IndexError) as exc:
+            raise BackupError("checksum file %s is missing or empty" % self.paths.checksum) from exc
+        actual = sha256_of(self.paths.dump)
+        if actual != recorded:
+            raise BackupError("backup %s does not match its checksum (recorded %s, now %s): it was changed or is "
+                              "incomplete" % (self.paths.dump, recorded, actual))
+        rc, out, err = self.pg.run([self.pg.tool("pg_restore"), "--list", self.paths.dump])
+        if rc != 0:
+            raise BackupError("pg_restore --list cannot read %s: %s" % (self.paths.dump, err.strip()))
+        listed = set(re.findall(r" TABLE DATA \S+ (\S+) ", out))
+        missing = sorted(t for t in meta.get("row_counts", {}) if t not in listed)
+        if missing:
+            raise BackupError("backup %s has no data for tables %s recorded in its metadata"
+                              % (self.paths.dump, ", ".join(missing)))
+        meta["checksum"] = actual
+        return meta
+
+    # -- taking ---------------------------------------------------------------------
+    def preflight(self):
+        """Read the server and check client version and destination; returns facts."""
+        version_num = self.pg.server_version_num()
+        client_text, client_major = self.pg.tool_version("pg_dump")
+        major = server_major(version_num)
+        if client_major < major:
+            raise BackupError("pg_dump is version %d (%s) but the server is PostgreSQL %d: pg_dump cannot dump a "
+                              "newer server. Install the PostgreSQL %d client (Debian: postgresql-client-%d) or set "
+                              "pg_bin_dir" % (client_major, client_text, major, major, major))
+        rows = self.pg.query_json("SELECT pg_database_size(current_database()) AS size")
+        db_size = int(rows[0]["size"])
+        return {"server_version_num": version_num, "server_major": major, "client_version": client_text,
+                "database_size_bytes": db_size}
+
+    def check_destination(self, db_size):
+        directory = self.paths.dir
+        probe = directory
+        while not os.path.exists(probe):
+            probe = os.path.dirname(probe)
+        if not os.access(probe, os.W_OK | os.X_OK):
+            raise BackupError("backup directory %s is not writable by this user (checked %s); choose backup_dir on a "
+                              "writable volume" % (directory, probe))
+        if self.check_space:
+            stat = os.statvfs(probe)
+            free = stat.f_bavail * stat.f_frsize
+            if free < db_size:
+                raise BackupError("not enough room for the backup in %s: %d bytes free, the database is %d bytes. "
+                                  "Free space or choose another backup_dir (or set check_space=false if you know "
+                                  "the dump compresses well)" % (directory, free, db_size))
+
+    def take(self, facts):
+        os.makedirs(self.paths.dir, mode=0o700, exist_ok=True)
+        os.chmod(self.paths.dir, 0o700)
+        partial = self.paths.dump + ".partial"
+        if os.path.isdir(partial):
+            shutil.rmtree(partial)
+        elif os.path.exists(partial):
+            os.unlink(partial)
+        started = time.time()
+        with SnapshotSession(self.pg) as session:
+            snapshot = session.ask("SELECT pg_export_snapshot()")[0].strip()
+            tables = _json_line(session.ask(TABLES_SQL)) or []
+            counts = count_rows(session.ask, tables)
+            schema_meta = schema_meta_snapshot(session.ask, tables)
+            argv = [self.pg.tool("pg_dump"), "--snapshot", snapshot, "--no-password",
+                    "-F", "c" if self.paths.format == "custom" else "d", "-f", partial]
+            if self.paths.format == "directory" and self.jobs > 1:
+                argv += ["-j", str(self.jobs)]
+            if self.compress is not None:
+                argv += ["-Z", str(self.compress)]
+            rc, out, err = self.pg.run(argv)
+        if rc != 0:
+            if os.path.isdir(partial):
+                shutil.rmtree(partial, ignore_errors=True)
+            elif os.path.exists(partial):
+                os.unlink(partial)
+            raise BackupError("pg_dump failed: %s" % self.pg.explain(err or out))
+        self._chmod_tree(partial)
+        checksum = sha256_of(partial)
+        meta = {
+            "label": self.paths.label,
+            "database": self.pg.database,
+            "host": self.pg.host,
+            "port": self.pg.port,
+            "format": self.paths.format,
+            "file": os.path.basename(self.paths.dump),
+            "size_bytes": size_of(partial),
+            "sha256": checksum,
+            "created_at": datetime.datetime.utcnow().replace(microsecond=0).isoformat() + "Z",
+            "duration_seconds": round(time.time() - started, 2),
+            "server_version_num": facts["server_version_num"],
+            "client_version": facts["client_version"],
+            "database_size_bytes": facts["database_size_bytes"],
+            "schema_meta": schema_meta,
+            "row_counts": counts,
+            "config_tables": sorted(t for t in counts if is_config_table(t)),
+        }
+        if os.path.exists(self.paths.dump):
+            previous = self.paths.dump + ".previous"
+            if os.path.isdir(previous):
+                shutil.rmtree(previous)
+            elif os.path.exists(previous):
+                os.unlink(previous)
+            os.rename(self.paths.dump, previous)
+        os.rename(partial, self.paths.dump)
+        _write_private(self.paths.meta, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        _write_private(self.paths.checksum, "%s  %s\n" % (checksum, os.path.basename(self.paths.dump)))
+        verified = self.verify()
+        for leftover in (self.paths.dump + ".previous",):
+            if os.path.isdir(leftover):
+                shutil.rmtree(leftover, ignore_errors=True)
+            elif os.path.exists(leftover):
+                os.unlink(leftover)
+        return verified
+
+    @staticmethod
+    def _chmod_tree(path):
+        if os.path.isdir(path):
+            os.chmod(path, 0o700)
+            for name in os.listdir(path):
+                os.chmod(os.path.join(path, name), 0o600)
+        else:
+            os.chmod(path, 0o600)
+
+    # -- restoring ------------------------------------------------------------------
+    def target_state(self, target):
+        """(exists, marker, table_count) for the target database."""
+        maint = self.pg.for_database("postgres")
+        rows = maint.query_json("SELECT d.datname, shobj_description(d.oid, 'pg_database') AS comment "
+                                "FROM pg_database d WHERE d.datname = %s" % quote_literal(target))
+        if not rows:
+            return False, None, 0
+        tables = self.pg.for_database(target).query_json(
+            "SELECT count(*) AS n FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relkind IN ('r', 'p') AND n.nspname = current_schema()")
+        return True, rows[0].get("comment"), int(tables[0]["n"])
+
+    def restore(self, target, meta, exists, force):
+        """Restore into ``target``; with ``force`` an existing target is dropped and created again."""
+        maint = self.pg.for_database("postgres")
+        if exists and force:
+            busy = maint.query_json("SELECT pid, usename, application_name, client_addr::text AS client FROM "
+                                    "pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()" % quote_literal(target))
+            if busy:
+                raise BackupError("database %s has %d open connections (%s); stop the Kong nodes using it before it is "
+                                  "replaced. Nothing was changed" % (target, len(busy), ", ".join(
+                                      "%s@%s" % (b.get("usename"), b.get("client") or "local") for b in busy[:5])))
+            maint.execute("DROP DATABASE %s" % quote_ident(target))
+            exists = False
+        if not exists:
+            maint.execute("CREATE DATABASE %s" % quote_ident(target))
+        argv = [self.pg.tool("pg_restore"), "--no-password", "--no-owner", "--exit-on-error", "-d", target]
+        if self.jobs > 1:
+            argv += ["-j", str(self.jobs)]
+        rc, out, err = self.pg.for_database(target).run(argv + [self.paths.dump])
+        if rc != 0:
+            raise BackupError("pg_restore into %s failed: %s. The database is left as it is for inspection; "
+                              "rerun with force=true to replace it" % (target, self.pg.explain(err or out)))
+        target_pg = self.pg.for_database(target)
+        tables = target_pg.query_json("SELECT c.relname AS t FROM pg_class c JOIN pg_namespace n ON "
+                                      "n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p') AND n.nspname = current_schema()")
+        names = [row["t"] for row in tables]
+
+        def ask(sql):
+            rc2, out2, err2 = target_pg.run([target_pg.tool("psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+                                             "-c", sql])
+            if rc2 != 0:
+                raise PgError(target_pg.explain(err2))
+            return out2.splitlines()
+
+        counts = count_rows(ask, names)
+        expected = meta.get("row_counts", {})
+        wrong = {t: {"expected": n, "restored": counts.get(t)} for t, n in expected.items() if counts.get(t) != n}
+        if wrong:
+            raise BackupError("restored row counts differ from the backup metadata in %s: %s. The database is left "
+                              "as it is for inspection" % (target, json.dumps(wrong, sort_keys=True)))
+        now = datetime.datetime.utcnow().replace(microsecond=0).isoformat() + "Z"
+        marker = "%s%s sha256:%s at %s" % (MARKER_PREFIX, meta["label"], meta["sha256"], now)
+        maint.execute("COMMENT ON DATABASE %s IS %s" % (quote_ident(target), quote_literal(marker)))
+        return counts, marker

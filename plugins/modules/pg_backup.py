@@ -1,0 +1,239 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: kongops.upgrade contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: pg_backup
+short_description: Verified PostgreSQL backup and restore of a Kong database
+version_added: 1.0.0
+description:
+  - V(present) takes a dump with C(pg_dump) (custom format, or directory format with parallel jobs) and writes,
+    beside it, a checksum file and a metadata JSON (server and client versions, database, size, time, label,
+    a snapshot of Kong's C(schema_meta), and the row count of every table, taken from the same snapshot as the dump).
+  - A backup is verified (checksum and C(pg_restore --list)) before the module reports success. An existing
+    verified backup with the same O(label) is reused unless O(force).
+  - V(restored) verifies a backup, then restores it into O(target_database), creating that database when it is
+    missing, and checks every table's row count against the metadata. A restored database is marked (a database
+    comment naming the backup and its checksum), so running again changes nothing.
+  - C(pg_dump), C(pg_restore) and C(psql) run from an argument list, never a shell. The password is given to them
+    in a private password file (C(PGPASSFILE)), never on a command line.
+author:
+  - kongops.upgrade maintainers (@kongops)
+extends_documentation_fragment:
+  - kongops.upgrade.attributes
+  - kongops.upgrade.postgres
+options:
+  state:
+    description:
+      - V(present) makes sure a verified backup with O(label) exists.
+      - V(restored) makes sure O(target_database) holds the backup with O(label).
+      - V(verified) only verifies an existing backup.
+    type: str
+    choices: [present, restored, verified]
+    default: present
+  backup_dir:
+    description:
+      - Directory of the backup files, created with mode 0700 when missing. Files are written with mode 0600.
+    type: path
+    required: true
+  label:
+    description:
+      - Name of the backup; the files are C(<label>.dump) (or C(<label>.dumpdir)), C(<label>.sha256) and
+        C(<label>.meta.json).
+    type: str
+    required: true
+  format:
+    description:
+      - V(custom) writes one compressed file; V(directory) writes one file per table and allows O(jobs).
+    type: str
+    choices: [custom, directory]
+    default: custom
+  jobs:
+    description:
+      - Parallel jobs for C(pg_dump) (directory format) and C(pg_restore).
+    type: int
+    default: 1
+  compress:
+    description:
+      - Compression level passed to C(pg_dump -Z).
+    type: int
+  force:
+    description:
+      - With V(present), take a new backup even if a verified one with O(label) exists (the old one is kept until
+        the new one is verified).
+      - With V(restored), replace a target database that already has tables and was not restored from this backup;
+        it is dropped and created again (it must have no open connections), then restored. This is how an in-place
+        upgrade goes back to X (O(target_database) equal to O(pg_database)).
+    type: bool
+    default: false
+  target_database:
+    description:
+      - Database to restore into, on the same server. Required with O(state=restored).
+      - It may be the database the backup was taken from (a database-level rollback), which needs O(force).
+    type: str
+  check_space:
+    description:
+      - Refuse to start a backup when the destination has less free space than the database's size.
+    type: bool
+    default: true
+attributes:
+  check_mode:
+    support: full
+    details:
+      - Connects and checks everything (versions, destination, existing backup, target database) and reports
+        what would be done, without writing.
+  diff_mode:
+    support: none
+"""
+
+EXAMPLES = r"""
+- name: Back up the Kong database before the upgrade
+  kongops.upgrade.pg_backup:
+    pg_host: db.example.internal
+    pg_user: kong
+    pg_password: "{{ vault_kong_pg_password }}"
+    pg_database: kong
+    backup_dir: /var/backups/kong
+    label: pre-upgrade-3.10.0
+  register: backup
+
+- name: Restore it into the database of the new cluster (dual-cluster)
+  kongops.upgrade.pg_backup:
+    pg_host: db.example.internal
+    pg_password: "{{ vault_kong_pg_password }}"
+    backup_dir: /var/backups/kong
+    label: pre-upgrade-3.10.0
+    state: restored
+    target_database: kong_y
+"""
+
+RETURN = r"""
+dump_path:
+  description: The dump file or directory.
+  returned: always
+  type: str
+  sample: /var/backups/kong/pre-upgrade-3.10.0.dump
+checksum:
+  description: sha256 of the dump.
+  returned: when the backup exists or was taken
+  type: str
+metadata:
+  description: The backup's metadata (see the description).
+  returned: when the backup exists or was taken
+  type: dict
+verified:
+  description: Whether the backup passed checksum and C(pg_restore --list) verification.
+  returned: always
+  type: bool
+reused:
+  description: Whether an existing verified backup was reused.
+  returned: with O(state=present)
+  type: bool
+restored_row_counts:
+  description: Row count per table in the restored database.
+  returned: with O(state=restored) when a restore ran
+  type: dict
+marker:
+  description: The comment that marks the restored database.
+  returned: with O(state=restored)
+  type: str
+"""
+
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.kongops.upgrade.plugins.module_utils._backup import (
+    MARKER_PREFIX,
+    Backup,
+    BackupError,
+    BackupPaths,
+)
+from ansible_collections.kongops.upgrade.plugins.module_utils._pg import POSTGRES_ARGSPEC, PgClient, PgError
+
+
+def ensure_present(module, backup, result):
+    paths = backup.paths
+    facts = backup.preflight()
+    result["server_version_num"] = facts["server_version_num"]
+    if paths.exists() and not module.params["force"]:
+        try:
+            meta = backup.verify()
+        except BackupError as exc:
+            raise BackupError("a backup labelled %s exists in %s but does not verify (%s). Nothing was changed; use "
+                              "force=true to replace it or choose another label" % (paths.label, paths.dir, exc)) from exc
+        result.update(changed=False, reused=True, verified=True, checksum=meta["checksum"], metadata=meta)
+        return
+    backup.check_destination(facts["database_size_bytes"])
+    if module.check_mode:
+        result.update(changed=True, reused=False, verified=False)
+        return
+    meta = backup.take(facts)
+    result.update(changed=True, reused=False, verified=True, checksum=meta["checksum"], metadata=meta)
+
+
+def ensure_restored(module, backup, result):
+    target = module.params["target_database"]
+    meta = backup.verify()
+    result.update(verified=True, checksum=meta["checksum"], metadata=meta)
+    exists, comment, tables = backup.target_state(target)
+    wanted = "%s%s sha256:%s " % (MARKER_PREFIX, meta["label"], meta["sha256"])
+    if exists and comment and comment.startswith(wanted) and not module.params["force"]:
+        result.update(changed=False, marker=comment)
+        return
+    if exists and tables and not module.params["force"]:
+        raise BackupError("database %s already has %d tables and was not restored from backup %s (its comment: %r). "
+                          "Nothing was changed; choose an empty or new target_database, or force=true to overwrite it"
+                          % (target, tables, meta["label"], comment))
+    if module.check_mode:
+        result.update(changed=True, marker=None)
+        return
+    counts, marker = backup.restore(target, meta, exists, module.params["force"])
+    result.update(changed=True, restored_row_counts=counts, marker=marker)
+
+
+def main():
+    argument_spec = dict(POSTGRES_ARGSPEC)
+    argument_spec.update(
+        state=dict(type="str", choices=["present", "restored", "verified"], default="present"),
+        backup_dir=dict(type="path", required=True),
+        label=dict(type="str", required=True),
+        format=dict(type="str", choices=["custom", "directory"], default="custom"),
+        jobs=dict(type="int", default=1),
+        compress=dict(type="int"),
+        force=dict(type="bool", default=False),
+        target_database=dict(type="str"),
+        check_space=dict(type="bool", default=True),
+    )
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
+                           required_if=[("state", "restored", ["target_database"])])
+    params = module.params
+    if params["jobs"] < 1:
+        module.fail_json(msg="jobs must be 1 or more, got %d" % params["jobs"])
+    try:
+        paths = BackupPaths(params["backup_dir"], params["label"], params["format"])
+    except BackupError as exc:
+        module.fail_json(msg=str(exc))
+    result = {"changed": False, "dump_path": paths.dump, "verified": False}
+    try:
+        with PgClient.from_params(module) as pg:
+            backup = Backup(pg, paths, params["jobs"], params["compress"], params["check_space"])
+            if params["state"] == "present":
+                ensure_present(module, backup, result)
+            elif params["state"] == "verified":
+                meta = backup.verify()
+                result.update(verified=True, checksum=meta["checksum"], metadata=meta)
+            else:
+                ensure_restored(module, backup, result)
+    except (BackupError, PgError) as exc:
+        module.fail_json(msg=str(exc), **result)
+    except OSError as exc:
+        module.fail_json(msg="file system error in %s: %s" % (os.path.dirname(paths.dump), exc), **result)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
