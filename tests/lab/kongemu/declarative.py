@@ -96,19 +96,18 @@ def _jsonable_tree(tree: Any) -> Any:
 
 
 def render_errors(tree: dict[Any, Any], indent: str = "") -> str:
-    """Kong's flattened error text (`Error: Failed parsing:` + these lines)."""
+    """Kong's flattened error text (`Error: Failed parsing:` + these lines), as
+    `pretty_print_error` renders it: arrays (entity checks under `@entity` included)
+    as `- in entry N of '<key>'`."""
     lines: list[str] = []
     for key in sorted(tree, key=lambda k: (k != "@entity", str(k))):
         value = tree[key]
-        if key == "@entity":
-            for msg in value if isinstance(value, list) else [value]:
-                lines.append(f"{indent}{msg}")
-        elif isinstance(value, str):
+        if isinstance(value, str):
             lines.append(f"{indent}in '{key}': {value}")
         elif isinstance(value, list):
+            lines.append(f"{indent}in '{key}':")
             for i, msg in enumerate(value, start=1):
                 if msg is not None:
-                    lines.append(f"{indent}in '{key}':")
                     lines.append(f"{indent}  - in entry {i} of '{key}': {msg}")
         elif isinstance(value, dict) and value and all(isinstance(k, int) for k in value):
             lines.append(f"{indent}in '{key}':")
@@ -125,9 +124,14 @@ def render_errors(tree: dict[Any, Any], indent: str = "") -> str:
 # Parsing and validation
 
 
+_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_SafeDumperBase = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
 def parse_text(text: str) -> Any:
+    """YAML (or JSON) text to Python objects, with libyaml when available."""
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_SafeLoader)  # noqa: S506 (a safe loader)
     except yaml.YAMLError as exc:
         raise DeclarativeError(message=f"failed parsing declarative configuration: {exc}") from None
 
@@ -323,11 +327,11 @@ def load_text(text: str, info: VersionInfo, enabled_plugins: Iterable[str] | Non
 # Export and hash
 
 
-class _Dumper(yaml.SafeDumper):
+class _Dumper(_SafeDumperBase):  # type: ignore[misc,valid-type]
     pass
 
 
-def _represent_none(dumper: yaml.SafeDumper, _value: None) -> yaml.Node:
+def _represent_none(dumper: Any, _value: None) -> yaml.Node:
     return dumper.represent_scalar("tag:yaml.org,2002:null", "~")
 
 
