@@ -309,3 +309,124 @@ def test_lock_row_is_removed_after_each_command(kong: KongRunner, kong_db: KongD
     assert kong("3.4.3", "migrations", "up", env=env).returncode == 1
     assert kong("3.4.3", "migrations", "finish", env=env).returncode == 0
     assert kong_db.query("SELECT count(*) FROM locks")[0][0] == 0
+
+
+# ---------------------------------------------------------------------------
+# The same walk at node level (kong-facts 4.2-4.4): `kong start` / `kong quit`
+
+
+def _node_spec(tmp_path, name: str, version: str, kong_db: KongDb):
+    from nodefixtures import make_spec  # pylint: disable=import-outside-toplevel
+
+    return make_spec(tmp_path, name, version, database="postgres", pg_host=kong_db.cluster.host,
+                     pg_port=kong_db.cluster.port, pg_user=kong_db.cluster.user,
+                     pg_password=kong_db.cluster.password, pg_database=kong_db.name)
+
+
+def _admin_services(spec) -> int:
+    from nodefixtures import http_json  # pylint: disable=import-outside-toplevel
+
+    return http_json(f"http://127.0.0.1:{spec.admin}/services")[0]
+
+
+@pytest.mark.parametrize("pair", PAIRS, ids=[p.id for p in PAIRS])
+def test_node_walk(kong: KongRunner, kong_db: KongDb, tmp_path, pair: Pair) -> None:
+    from nodefixtures import node_pid, poll, run_kong, running_node  # pylint: disable=import-outside-toplevel
+
+    old_bin, new_bin = kong.path(pair.old), kong.path(pair.new)
+    old_spec = _node_spec(tmp_path, "old", pair.old, kong_db)
+    new_spec = _node_spec(tmp_path, "new", pair.new, kong_db)
+    assert run_kong(old_bin, "migrations", "bootstrap", "-c", str(old_spec.conf_path)).rc == 0
+    with running_node(old_bin, old_spec):
+        assert _admin_services(old_spec) == 200
+        res = run_kong(new_bin, "start", "-c", str(new_spec.conf_path))
+        if pair.processed:
+            assert res.rc == 1, str(res)
+            assert res.err.startswith("Error: /usr/local/share/lua/5.1/kong/cmd/utils/migrations.lua:20: "
+                                      "New migrations available; run 'kong migrations up' to proceed\n"), str(res)
+            assert node_pid(new_spec.prefix) is None
+            assert run_kong(new_bin, "migrations", "up", "-c", str(new_spec.conf_path)).rc == 0
+        else:
+            assert res.rc == 0, str(res)
+            assert run_kong(new_bin, "quit", "-p", str(new_spec.prefix)).rc == 0
+        time.sleep(1.2)  # a few db_update_frequency periods of the old node's probes
+        assert _admin_services(old_spec) == 200, "the old node keeps serving after up"
+        with running_node(new_bin, new_spec) as started:
+            assert ("Database has pending migrations:" in started.out) == (pair.pending > 0)
+            assert started.out.rstrip().endswith("Kong started")
+            assert _admin_services(new_spec) == 200
+            assert run_kong(new_bin, "migrations", "finish", "-c", str(new_spec.conf_path)).rc == 0
+            if pair.pending:
+                poll(lambda: _admin_services(old_spec) == 500, 10, "the old node's Admin API to fail after finish")
+            else:
+                time.sleep(1.2)
+                assert _admin_services(old_spec) == 200
+            assert _admin_services(new_spec) == 200
+            res = run_kong(new_bin, "quit", "-p", str(new_spec.prefix))
+            assert (res.rc, res.out.strip()) == (0, "Kong stopped (gracefully)"), str(res)
+
+
+# ---------------------------------------------------------------------------
+# The command line in general (kong-facts 1, 8)
+
+
+def test_version_and_all(kong: KongRunner) -> None:
+    res = kong("3.4.3", "version")
+    assert (res.returncode, res.stdout, res.stderr) == (0, "3.4.3\n", "")
+    res = kong("2.8.4", "version", "-a")
+    lines = res.stdout.splitlines()
+    assert res.returncode == 0 and lines[0] == "Kong: 2.8.4"
+    assert [line.split(":")[0] for line in lines] == ["Kong", "ngx_lua", "nginx", "Lua"]
+
+
+def test_check_reports_valid_and_invalid_files(kong: KongRunner, tmp_path) -> None:
+    good = tmp_path / "kong.conf"
+    good.write_text("database = off\nproxy_listen = 127.0.0.1:8000\n", encoding="utf-8")
+    res = kong("3.4.3", "check", str(good))
+    assert (res.returncode, res.stdout) == (0, f"configuration at {good} is valid\n")
+    bad = tmp_path / "bad.conf"
+    bad.write_text("database = cassandra\nrole = edge\n", encoding="utf-8")
+    res = kong("3.4.3", "check", str(bad))
+    assert res.returncode == 1 and res.stdout == ""
+    errors = res.stderr.splitlines()
+    assert len(errors) == 2 and all(re.match(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d \[error\] ", e) for e in errors)
+    assert "Cassandra as a datastore for Kong is not supported" in errors[0]
+    res = kong("3.4.3", "check", str(tmp_path / "missing.conf"))
+    assert res.returncode == 1 and res.stderr.rstrip().endswith(f"[error] no file at: {tmp_path / 'missing.conf'}")
+
+
+def test_usage_errors_go_to_stderr_with_exit_1(kong: KongRunner) -> None:
+    res = kong("3.4.3")
+    assert res.returncode == 1 and res.stdout == "" and res.stderr.startswith("Usage: kong COMMAND [OPTIONS]")
+    assert " drain\n" not in res.stderr and " migrations\n" in res.stderr
+    assert " drain\n" in kong("3.9.1").stderr
+    res = kong("3.4.3", "nope")
+    assert res.returncode == 1 and res.stderr.startswith("No such command: nope\n\nUsage: kong COMMAND")
+    res = kong("3.4.3", "drain")
+    assert res.returncode == 1 and res.stderr.startswith("No such command: drain")
+    res = kong("3.4.3", "start", "--help")
+    assert res.returncode == 1 and res.stderr.startswith("Usage: kong start [OPTIONS]")
+    assert "--run-migrations" in res.stderr and "--nginx-conf-flags" not in res.stderr
+    assert "--nginx-conf-flags" in kong("3.6.1", "start", "-h").stderr
+    res = kong("3.4.3", "quit", "--wait")
+    assert res.returncode == 1 and res.stderr.startswith("kong: wait was expecting a value\n\n")
+
+
+def test_install_is_idempotent(tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from kongemu import install
+
+    first = install.install_version("3.4.3", tmp_path)
+    mtime = first.stat().st_mtime_ns
+    assert install.install_version("3.4.3", tmp_path) == first == tmp_path / "versions" / "3.4.3" / "bin" / "kong"
+    assert first.stat().st_mtime_ns == mtime
+    text = first.read_text(encoding="utf-8")
+    assert text.startswith(f"#!{sys.executable}\n") and os.access(first, os.X_OK)
+    out = subprocess.run([sys.executable, "-m", "kongemu", "install", "--root", str(tmp_path), "2.8.4", "3.10.0"],
+                         capture_output=True, text=True, check=True, cwd=str(install.LAB_DIR))
+    assert out.stdout.split() == [str(tmp_path / "versions" / v / "bin" / "kong") for v in ("2.8.4", "3.10.0")]
+    assert subprocess.run([str(tmp_path / "versions" / "3.10.0" / "bin" / "kong"), "version"],
+                          capture_output=True, text=True, check=False).stdout == "3.10.0\n"
