@@ -112,6 +112,9 @@ def _cmd_status(lab: Lab, args: argparse.Namespace) -> int:
         return 0 if up else EXIT_DOWN
     if data is None:
         print(f"lab: down (no state in {lab.run_dir})")
+        if lab.run_dir.exists():
+            print(f"lab: {lab.run_dir} exists without lab.json (an interrupted lab?); "
+                  "`tests/lab/lab down` stops what its pid files name and removes it")
         return EXIT_DOWN
     o = data.get("options", {})
     print(f"lab: {'up' if up else 'NOT fully up'} (state {data.get('status')}; {o.get('mode')}, "

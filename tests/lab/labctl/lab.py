@@ -271,7 +271,7 @@ class Lab:
                 )
             if self.run_dir.exists():
                 _say(f"cleaning up leftovers in {self.run_dir}")
-                self._down_locked(quiet=True)
+                self._down_locked()
             self._preflight(opts)
             state = LabState(self.paths.state_file)
             started = time.monotonic()

@@ -3,7 +3,9 @@
 Each worker thread owns one keep-alive connection (``http.client``) and sends GETs
 round-robin over a few targets (path + headers), paced to a total ``rate`` (req/s) or,
 without a rate, as fast as it can (closed loop). Runs are bounded in time
-(``duration``) and in count (``max_requests``), and only loopback URLs are accepted.
+(``duration``) and in count (``max_requests``: rate x duration when paced, 1,000,000
+unpaced), and only loopback URLs are accepted. Unpaced workers pause 10 ms after a
+request that got no answer at all, so a refused frontend does not spin a CPU.
 
 What counts as a failure (DESIGN.md, "The lab"):
 
@@ -189,7 +191,7 @@ class LoadGenerator:
         self.concurrency = concurrency
         self.timeout = timeout
         if max_requests is None:
-            max_requests = math.ceil(self.rate * self.duration) + concurrency if self.rate else 10_000_000
+            max_requests = math.ceil(self.rate * self.duration) + concurrency if self.rate else 1_000_000
         self.max_requests = max_requests
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -279,6 +281,8 @@ class LoadGenerator:
                 k += 1
                 sample, conn = self._one(conn, target, index)
                 self.samples.append(sample)  # list.append is atomic
+                if not self.rate and sample.status is None and self._stop.wait(0.01):
+                    break  # closed loop: no hot spin while the frontend refuses connections
         finally:
             if conn is not None:
                 conn.close()
