@@ -262,7 +262,7 @@ class HTTPServer:
                 return
             if self._closing.is_set():
                 break
-            for _ in range(64):
+            for _i in range(64):
                 if not self._accept_one(lst):
                     break
         if lst.removed:
@@ -282,7 +282,7 @@ class HTTPServer:
 
     def _accept_one(self, lst: _Listen) -> bool:
         try:
-            conn_sock, _ = lst.sock.accept()
+            conn_sock, _addr = lst.sock.accept()
         except (BlockingIOError, InterruptedError):
             return False
         except OSError as exc:
@@ -400,7 +400,7 @@ class HTTPServer:
                 if conn.served:
                     # Between requests: close unless a request already started.
                     ready = poller.poll(0)
-                    if any(fd == sock_fd for fd, _ in ready):
+                    if any(fd == sock_fd for fd, _ev in ready):
                         return True
                     return False
                 # Never carried a request: give the client its first request.
@@ -417,7 +417,7 @@ class HTTPServer:
                 events = poller.poll(int(left * 1000) + 1)
             except InterruptedError:
                 continue
-            if any(fd == sock_fd for fd, _ in events):
+            if any(fd == sock_fd for fd, _ev in events):
                 return True
 
     def _fill(self, conn: _Conn) -> None:

@@ -58,7 +58,7 @@ def _json(status: int, payload: Any) -> Response:
 def check_version(cp: versions.VersionInfo, dp_version: str) -> tuple[bool, str | None]:
     """kong-facts 9.1: (accepted, message). Message is the error or the info note."""
     try:
-        dp_major, dp_minor, _ = versions.parse(dp_version.split("-")[0])
+        dp_major, dp_minor, _patch = versions.parse(dp_version.split("-")[0])
     except versions.UnknownVersion:
         return False, (f"data plane version {dp_version} is incompatible with control plane "
                        f"version {cp.version} ({cp.major}.x.y are accepted)")
@@ -266,7 +266,7 @@ class DataPlane:
                 self.stop.wait(wait)
 
     def _poll_once(self) -> None:
-        host, _, port = self.control_plane.rpartition(":")
+        host, _sep, port = self.control_plane.rpartition(":")
         host = host.strip("[]") or "127.0.0.1"
         query = urlencode({"node_id": self.node.node_id,
                            "node_hostname": self.node.hostname,

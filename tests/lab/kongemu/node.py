@@ -71,7 +71,7 @@ def pid_alive(pid: int) -> bool:
         return True
     # A zombie child of ours still answers kill -0; reap it if it is one.
     try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
+        done, _status = os.waitpid(pid, os.WNOHANG)
         if done == pid:
             return False
     except ChildProcessError:
@@ -804,7 +804,7 @@ class Node:
         status, headers, body = app.handle(request.method, request.path, request.query(),
                                            request.header_map(), request.body)
         out = list(headers.items()) if isinstance(headers, dict) else list(headers)
-        names = {name.lower() for name, _ in out}
+        names = {name.lower() for name, _value in out}
         if "server" not in names and self.header_enabled("server_tokens"):
             out.append(("Server", f"kong/{self.version_info.version}"))
         if "x-kong-admin-latency" not in names and self.header_enabled("latency_tokens"):
@@ -919,7 +919,7 @@ class Node:
         for key, (name, handler) in specs.items():
             try:
                 before = {str(lst) for lst in old.listeners(key) if not lst.ssl}
-                after = [lst for lst in new.listeners(key)]
+                after = list(new.listeners(key))
             except KongError as exc:
                 self.log.error(f"reload: {exc.message}")
                 continue
@@ -1126,7 +1126,7 @@ def dbless_load(declarative: Any, text: str, version_info: versions.VersionInfo)
 def dbless_load_doc(declarative: Any, doc: dict[str, Any],
                     version_info: versions.VersionInfo) -> Any:
     """A MemoryStore from an already parsed declarative document."""
-    entities, _ = declarative.load(doc, version_info)
+    entities, _format = declarative.load(doc, version_info)
     return declarative.MemoryStore(entities)
 
 

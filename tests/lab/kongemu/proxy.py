@@ -157,7 +157,7 @@ def _interleave(ring: list[Target]) -> list[Target]:
 def _split_host_port(value: str) -> tuple[str, int | None]:
     value = value.strip().lower()
     if value.startswith("["):
-        host, _, rest = value[1:].partition("]")
+        host, _sep, rest = value[1:].partition("]")
         return host, int(rest[1:]) if rest.startswith(":") and rest[1:].isdigit() else None
     if value.count(":") == 1:
         host, port = value.split(":")
@@ -359,7 +359,7 @@ class _PathIndex:
         self.pathless: list[Route] = []
         self.max_len = 0
         for route in routes:
-            plain = [p for p in route.paths if p not in {raw for _, raw in route.regexes}]
+            plain = [p for p in route.paths if p not in {raw for _pat, raw in route.regexes}]
             for pattern, raw in route.regexes:
                 self.regex.append((route.regex_priority, route.created_at, pattern, raw, route))
             for path in plain:
@@ -374,7 +374,7 @@ class _PathIndex:
 
     def find(self, method: str, path: str,
              headers: dict[str, str]) -> tuple[Route, str | None] | None:
-        for _, _, pattern, _, route in self.regex:
+        for _prio, _created, pattern, _raw, route in self.regex:
             matched = pattern.match(path)
             if matched and _extra_ok(route, method, headers):
                 return route, matched.group(0)
@@ -477,7 +477,7 @@ class ProxyApp:
             node.metrics.observe("", route_name, 503, "exit", 0.0, 0.0)
             node.proxy_access.write(request, response)
             return response
-        upstream_headers = [(k, v) for k, v in request.headers]
+        upstream_headers = list(request.headers)
         query = request.raw_query
         auth = router.keyauth_for(route, service)
         if auth is not None:

@@ -223,7 +223,7 @@ def http_json(url: str, method: str = "GET", payload: Any = None,
     if payload is not None:
         body = json.dumps(payload).encode()
         hdrs.setdefault("Content-Type", "application/json")
-    status, _, data = http_call(url, method, body, hdrs)
+    status, _hdrs, data = http_call(url, method, body, hdrs)
     try:
         return status, json.loads(data) if data else None
     except ValueError:

@@ -78,7 +78,7 @@ def test_declarative_config_at_start(bins, echo, tmp_path, version):
         assert started.out == (f"prefix directory {spec.prefix} not found, trying to create it\n"
                                "Kong started\n")
         assert http_call(f"{spec.proxy_url}/echo/x")[0] == 401
-        code, _, body = http_call(f"{spec.proxy_url}/echo/x", headers={"apikey": "k-alice"})
+        code, _hdrs, body = http_call(f"{spec.proxy_url}/echo/x", headers={"apikey": "k-alice"})
         assert code == 200 and json.loads(body)["path"] == "/x"
         code, body = http_json(f"http://127.0.0.1:{spec.status}/status")
         assert code == 200
@@ -123,25 +123,25 @@ def test_empty_then_post_config(bins, echo, tmp_path):
             503, {"message": "no configuration available (empty configuration present)"})
         assert http_call(f"{spec.proxy_url}/echo")[0] == 404
         text = _yaml(version, echo)
-        code, _, created = http_call(f"{admin}/config", "POST", text,
-                                     {"Content-Type": "text/yaml"})
+        code, _hdrs, created = http_call(f"{admin}/config", "POST", text,
+                                         {"Content-Type": "text/yaml"})
         assert code == 201, created
         poll(lambda: http_call(f"{spec.proxy_url}/echo/a")[0] == 200, 5, "route after /config")
         first = http_json(f"http://127.0.0.1:{spec.status}/status")[1]["configuration_hash"]
         assert first != EMPTY
         assert http_json(f"http://127.0.0.1:{spec.status}/status/ready")[0] == 200
-        code, _, _ = http_call(f"{admin}/config?check_hash=1", "POST", text,
-                               {"Content-Type": "text/yaml"})
+        code, _hdrs, _body = http_call(f"{admin}/config?check_hash=1", "POST", text,
+                                       {"Content-Type": "text/yaml"})
         assert code == 304
         code, body = http_json(f"{admin}/config")
         assert code == 200 and "r-echo" in body["config"]
-        code, _, body = http_call(f"{admin}/config", "POST", "services: 3\n",
-                                  {"Content-Type": "text/yaml"})
+        code, _hdrs, body = http_call(f"{admin}/config", "POST", "services: 3\n",
+                                      {"Content-Type": "text/yaml"})
         assert code == 400, body
         # the node still serves the previous configuration
         assert http_call(f"{spec.proxy_url}/echo/a")[0] == 200
-        code, _, _ = http_call(f"{admin}/config", "POST", _yaml(version, echo, "/other"),
-                               {"Content-Type": "text/yaml"})
+        code, _hdrs, _body = http_call(f"{admin}/config", "POST", _yaml(version, echo, "/other"),
+                                       {"Content-Type": "text/yaml"})
         assert code == 201
         assert http_call(f"{spec.proxy_url}/echo/a")[0] == 404
         assert http_call(f"{spec.proxy_url}/other/a")[0] == 200

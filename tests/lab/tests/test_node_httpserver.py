@@ -7,8 +7,8 @@ import socket
 import threading
 import time
 
+import nodefixtures  # noqa: F401 # pylint: disable=unused-import
 import pytest
-from nodefixtures import LAB_DIR  # noqa: F401  (puts tests/lab on sys.path)
 
 from kongemu.httpserver import HTTPServer, Request, Response
 
@@ -45,7 +45,7 @@ def server():
 
 
 def test_keepalive_and_framing(server):
-    _, port = server
+    _srv, port = server
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     for i in range(5):
         conn.request("POST", f"/x?i={i}", body=b"a" * i)
@@ -67,7 +67,7 @@ def test_keepalive_and_framing(server):
 
 
 def test_chunked_request_and_expect_continue(server):
-    _, port = server
+    _srv, port = server
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         sock.sendall(b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
                      b"Expect: 100-continue\r\n\r\n")
@@ -82,8 +82,8 @@ def test_chunked_request_and_expect_continue(server):
 
 
 def test_client_reset_does_not_kill_server(server):
-    _, port = server
-    for _ in range(20):
+    _srv, port = server
+    for _i in range(20):
         sock = socket.create_connection(("127.0.0.1", port))
         sock.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
@@ -108,7 +108,7 @@ def test_graceful_shutdown_finishes_inflight_and_refuses_new(server):
         results.append(resp.status)
         assert resp.getheader("Connection") == "close"
 
-    threads = [threading.Thread(target=slow) for _ in range(10)]
+    threads = [threading.Thread(target=slow) for _i in range(10)]
     for thread in threads:
         thread.start()
     deadline = time.monotonic() + 5

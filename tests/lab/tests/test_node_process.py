@@ -127,7 +127,7 @@ def test_start_health_stop_messages(pg, bins, echo, tmp_path):
         status, headers, body = http_call(f"{spec.proxy_url}/echo/x")
         assert status == 200, body
         assert headers["via"] == "kong/3.4.3"
-        status, _, body = http_call(f"{spec.proxy_url}/nothing")
+        status, _hdrs, body = http_call(f"{spec.proxy_url}/nothing")
         assert status == 404 and json.loads(body) == {"message": "no Route matched with those values"}
         res2 = run_kong(kong, "start", "-c", str(spec.conf_path))
         assert res2.rc == 1
@@ -177,8 +177,8 @@ def test_quit_restart_and_reload(pg, bins, echo, tmp_path):
         res = run_kong(kong, "reload", "-c", str(new_conf))
         assert res.rc == 0 and res.out == "Kong reloaded\n", str(res)
         assert node_pid(spec.prefix) == second
-        status, headers, _ = poll(lambda: _ok(f"http://127.0.0.1:{port2}/echo/"), 10,
-                                  "the new listener after reload")
+        status, headers, _body = poll(lambda: _ok(f"http://127.0.0.1:{port2}/echo/"), 10,
+                                      "the new listener after reload")
         assert "via" not in headers
         assert "headers = off" in (spec.prefix / ".kong_env").read_text()
         res = run_kong(kong, "quit", "-p", str(spec.prefix))
@@ -275,7 +275,7 @@ def test_old_node_serves_after_up_and_breaks_after_finish(pg, bins, echo, tmp_pa
         status = poll(lambda: http_call(f"{spec_old.proxy_url}/echo/a")[0] == 500, 10,
                       "old node's proxy to fail after finish")
         assert status
-        code, _, body = http_call(f"{spec_old.proxy_url}/echo/a")
+        code, _hdrs, body = http_call(f"{spec_old.proxy_url}/echo/a")
         assert (code, json.loads(body)) == (500, {"message": "An unexpected error occurred"})
         code, body = http_json(f"http://127.0.0.1:{spec_old.admin}/services")
         assert (code, body) == (500, {"message": "An unexpected error occurred"})

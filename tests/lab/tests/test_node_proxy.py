@@ -6,8 +6,8 @@ import json
 import threading
 from typing import Any
 
+import nodefixtures  # noqa: F401 # pylint: disable=unused-import
 import pytest
-from nodefixtures import LAB_DIR  # noqa: F401  (puts tests/lab on sys.path)
 
 from kongemu import versions
 from kongemu.httpserver import HTTPServer, Request, Response
@@ -205,7 +205,7 @@ def test_via_and_server_by_version(upstream, version, via):
 def test_upstream_balancer_and_502(upstream):
     node = FakeNode("3.6.1", _config(upstream))
     app = ProxyApp(node)  # type: ignore[arg-type]
-    for _ in range(5):   # the weight-0 dead target is never picked
+    for _i in range(5):   # the weight-0 dead target is never picked
         assert app.handle(_request("GET", "/lb/x")).status == 200
     res = app.handle(_request("GET", "/dead"))
     assert res.status == 502
@@ -240,12 +240,12 @@ def test_concurrent_forwarding_reuses_pools(upstream):
     errors: list[int] = []
 
     def worker() -> None:
-        for _ in range(50):
+        for _i in range(50):
             res = app.handle(_request("GET", "/api/x"))
             if res.status != 200:
                 errors.append(res.status)
 
-    threads = [threading.Thread(target=worker) for _ in range(8)]
+    threads = [threading.Thread(target=worker) for _i in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:
