@@ -402,3 +402,25 @@ def test_graceful_quit_under_keepalive_load_loses_nothing(pg, bins, echo, tmp_pa
     assert counts["failed"] == 0, (counts, failures[:5])
     assert counts["ok"] > 300
     print(f"graceful quit under load: {counts}")
+
+
+# ---------------------------------------------------------------------------- cluster cache
+def test_admin_write_on_one_node_reaches_the_other(pg, bins, echo, tmp_path):
+    version = "3.9.1"
+    info, spec_a = _bootstrapped(pg, bins, version, tmp_path, "a")
+    spec_b = make_spec(tmp_path, "b", version, **info.conf())
+    kong = bins(version)
+    with running_node(kong, spec_a), running_node(kong, spec_b):
+        admin = f"http://127.0.0.1:{spec_a.admin}"
+        code, svc = http_json(f"{admin}/services", "POST",
+                              {"name": "late", "url": f"http://127.0.0.1:{echo}"})
+        assert code == 201, svc
+        code, route = http_json(f"{admin}/services/late/routes", "POST",
+                                {"name": "late-route", "paths": ["/late"]})
+        assert code == 201, route
+        # the writing node at once, the other within db_update_frequency (0.5 s)
+        poll(lambda: http_call(f"{spec_a.proxy_url}/late/x")[0] == 200, 5, "node a")
+        poll(lambda: http_call(f"{spec_b.proxy_url}/late/x")[0] == 200, 5, "node b")
+        code, _body = http_json(f"{admin}/routes/late-route", "DELETE")
+        assert code == 204
+        poll(lambda: http_call(f"{spec_b.proxy_url}/late/x")[0] == 404, 5, "deletion on b")
