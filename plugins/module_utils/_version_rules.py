@@ -169,10 +169,26 @@ def _steps_within(start_line, tgt):
     return steps
 
 
-def strategy_allowed(strategy, current, target):
-    """Return (allowed, reason) for a strategy on this path (kong-facts 7.1, 7.2)."""
+MODES = ("traditional", "dbless", "control_plane", "data_plane")
+
+
+def strategy_allowed(strategy, current, target, mode="traditional"):
+    """Return (allowed, reason) for a strategy on this path and deployment mode (kong-facts 7.1, 7.2).
+
+    ``mode`` is what is being upgraded: traditional nodes, DB-less nodes, hybrid control
+    planes or hybrid data planes.
+    """
     if strategy not in STRATEGIES:
         return False, "unknown strategy '%s'; choose one of %s" % (strategy, ", ".join(STRATEGIES))
+    if mode not in MODES:
+        return False, "unknown deployment mode '%s'; choose one of %s" % (mode, ", ".join(MODES))
+    stateless = mode in ("dbless", "data_plane")
+    if strategy == "rolling" and not stateless:
+        return False, ("rolling is documented for DB-less nodes and hybrid data planes only; %s nodes share a "
+                       "database, use dual_cluster, in_place or blue_green" % mode.replace("_", " "))
+    if strategy != "rolling" and stateless:
+        return False, ("%s nodes have no database to migrate: use the rolling strategy (data planes after their "
+                       "control planes)" % mode.replace("_", " "))
     cur = current if isinstance(current, KongVersion) else KongVersion.parse(current)
     tgt = target if isinstance(target, KongVersion) else KongVersion.parse(target)
     if strategy == "blue_green":

@@ -96,3 +96,44 @@ def test_hybrid_rule_matches_the_control_plane(cp, dp, ok, text):
     accepted, message = hybrid_compatible(cp, dp)
     assert accepted is ok
     assert text in message
+
+
+@pytest.mark.parametrize(
+    "strategy, mode, allowed",
+    [
+        ("rolling", "dbless", True),
+        ("rolling", "data_plane", True),
+        ("rolling", "traditional", False),
+        ("rolling", "control_plane", False),
+        ("dual_cluster", "control_plane", True),
+        ("in_place", "traditional", True),
+        ("dual_cluster", "dbless", False),
+        ("in_place", "data_plane", False),
+    ],
+)
+def test_rolling_only_for_dbless_nodes_and_data_planes(strategy, mode, allowed):
+    ok, reason = strategy_allowed(strategy, "3.9.1", "3.10.0", mode)
+    assert ok is allowed, reason
+
+
+def test_unknown_mode_is_refused():
+    ok, reason = strategy_allowed("rolling", "3.9.1", "3.10.0", "kubernetes")
+    assert not ok and "dbless" in reason
+
+
+@pytest.mark.parametrize(
+    "cur, tgt, steps",
+    [
+        ("3.0.1", "3.4.3", ["3.1", "3.2", "3.3", "3.4"]),
+        ("3.4.3", "3.14.0", ["3.10", "3.14"]),
+        ("3.4.3", "3.12.0", ["3.10", "3.11", "3.12"]),
+        ("2.5.0", "3.4.0", ["2.8", "3.4"]),
+    ],
+)
+def test_intermediate_hops(cur, tgt, steps):
+    assert classify_path(cur, tgt)["steps"] == steps
+
+
+def test_enterprise_four_part_versions_compare_on_all_parts():
+    assert KongVersion.parse("3.4.3.1") < KongVersion.parse("3.4.3.2")
+    assert classify_path("3.4.3.1", "3.4.3.5")["kind"] == "patch"
