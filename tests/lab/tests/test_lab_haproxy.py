@@ -67,6 +67,20 @@ def test_inventory_describes_x_y_and_lb(lab: LabHandle) -> None:
         "127.0.0.1", 54329, "kong", "kong")
 
 
+def test_ansible_reads_the_inventory_and_reaches_every_host(lab: LabHandle) -> None:
+    venv_bin = Path(lab.group_vars["ansible_python_interpreter"]).parent
+    listed = subprocess.run([str(venv_bin / "ansible-inventory"), "-i", str(lab.inventory_path), "--list"],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert listed.returncode == 0, listed.stderr
+    data = json.loads(listed.stdout)
+    assert sorted(data["kong_x"]["hosts"]) == ["x1", "x2"] and data["kong_lb"]["hosts"] == ["lb1"]
+    assert data["_meta"]["hostvars"]["y1"]["kong_lb_server_name"] == "y1"
+    ping = subprocess.run([str(venv_bin / "ansible"), "-i", str(lab.inventory_path), "all", "-m", "ping",
+                           "-o"], capture_output=True, text=True, timeout=120, check=False)
+    assert ping.returncode == 0, ping.stdout + ping.stderr
+    assert ping.stdout.count("SUCCESS") == 4  # x1 x2 y1 lb1
+
+
 def test_database_accepts_the_inventory_credentials(lab: LabHandle) -> None:
     import psycopg2
 

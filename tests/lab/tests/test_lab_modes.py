@@ -76,3 +76,17 @@ def test_hybrid_mode_control_plane_and_data_planes() -> None:
         assert kong_version(headers.get("via"), headers.get("server")) == "3.9.1"
         assert not port_in_use("127.0.3.1", 8000)  # a control plane does not proxy
     assert not os.path.exists(lab.run_dir)
+
+
+def test_up_refuses_when_an_address_is_taken_and_starts_nothing() -> None:
+    import socket
+
+    with socket.socket() as blocker:
+        blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        blocker.bind(("127.0.0.1", 18000))
+        blocker.listen(1)
+        res = lab_cli("up", "--x-nodes", "1", "--y-nodes", "0", check=False)
+    assert res.returncode == 1
+    assert "127.0.0.1:18000" in res.stderr and "already in use" in res.stderr
+    assert not (Path(__file__).resolve().parent.parent / "run").exists()
+    assert not port_in_use("127.0.0.1", 54329)

@@ -178,3 +178,22 @@ def test_lab_runs_with_the_repo_venv_whatever_python_is_on_path() -> None:
     assert res.returncode == 3, res.stderr
     assert '"up": false' in res.stdout
     assert (REPO / ".venv" / "bin" / "python").exists()
+
+
+def test_lab_seed_writes_a_file_kong_config_parse_accepts(tmp_path: Path) -> None:
+    from labctl.kong import install_version
+
+    for version in ("2.8.4", "3.9.1"):
+        out = tmp_path / f"seed-{version}.yml"
+        res = subprocess.run([str(LAB), "seed", "--size", "200", "--kong-version", version, "--output", str(out)],
+                             capture_output=True, text=True, timeout=60, check=False)
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.strip().splitlines()[-1] == str(out)
+        assert yaml.safe_load(out.read_text())["_format_version"] == declarative_format(version)
+        kong = install_version(version, tmp_path / "root")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KONG_")}
+        env["KONG_DATABASE"] = "off"
+        parsed = subprocess.run([str(kong), "config", "parse", str(out)], capture_output=True, text=True,
+                                timeout=60, env=env, cwd=tmp_path, check=False)
+        assert parsed.returncode == 0, parsed.stdout + parsed.stderr
+        assert "parse successful" in parsed.stdout
