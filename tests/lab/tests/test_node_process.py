@@ -207,7 +207,8 @@ def test_quit_timeout_forces(pg, bins, echo, tmp_path):
 
         hold = socket.create_connection(("127.0.0.1", spec.proxy))
         hold.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
-        time.sleep(0.2)
+        poll(lambda: http_json(f"http://127.0.0.1:{spec.status}/status")[1]["server"]
+             ["connections_reading"] >= 1, 5, "the held request being read")
         started = time.monotonic()
         res = run_kong(kong, "quit", "-p", str(spec.prefix), "-t", "1")
         assert res.rc == 0 and res.out == "Timeout, Kong stopped forcefully\n", str(res)
@@ -264,8 +265,13 @@ def test_old_node_serves_after_up_and_breaks_after_finish(pg, bins, echo, tmp_pa
         assert http_call(f"{spec_old.proxy_url}/echo/a")[0] == 200
         res = _kong(bins, new, "migrations", "up", "-c", str(spec_new.conf_path))
         assert res.rc == 0 and "pending" in res.out, str(res)
-        # the old node keeps serving (cache refresh and probes keep working)
-        time.sleep(1.2)  # two db_update_frequency periods (0.5 s) of probing
+        # the old node keeps working: a write through its Admin API is read back by its
+        # own cache refresh (load_config after `up`), and it keeps proxying
+        code, body = http_json(f"http://127.0.0.1:{spec_old.admin}/services/echo/routes",
+                               "POST", {"name": "after-up", "paths": ["/after-up"]})
+        assert code == 201, body
+        poll(lambda: http_call(f"{spec_old.proxy_url}/after-up/a")[0] == 200, 10,
+             "the route written after up")
         assert http_call(f"{spec_old.proxy_url}/echo/a")[0] == 200
         assert http_call(f"{spec_old.proxy_url}/secured/a",
                          headers={"apikey": "alice-key"})[0] == 200
