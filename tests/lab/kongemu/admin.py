@@ -280,7 +280,7 @@ class AdminApp:
 
     def root(self) -> tuple[int, dict[str, str], bytes]:
         info = self.info
-        _, _, lua = runtime_versions(info)
+        lua = runtime_versions(info)[2]
         enabled = self._enabled_plugins()
         body: dict[str, Any] = {
             "tagline": "Welcome to kong",
@@ -339,7 +339,7 @@ class AdminApp:
     def _config_payload(headers: dict[str, str], body: bytes) -> Any:
         ctype = (headers.get("content-type") or "").lower()
         if "multipart/form-data" in ctype or "x-www-form-urlencoded" in ctype:
-            params, _ = parse_body(headers, body)
+            params = parse_body(headers, body)[0]
             config = params.get("config")
             if not isinstance(config, str):
                 raise HttpError(400, {"message": "expected a declarative configuration"})

@@ -664,7 +664,8 @@ def _db_export(info: VersionInfo, store: schema.EntityStore | None, args: dict[A
     path = os.path.abspath(args.get(1) or DEFAULT_DECLARATIVE_FILE)
     if os.path.exists(path):
         raise KongError(f"{path} already exists. Will not overwrite it.")
-    assert store is not None
+    if store is None:
+        raise KongError("'kong config db_export' only works with a database.")
     try:
         entities = store.export()
     except schema.StoreError as exc:
@@ -687,14 +688,15 @@ def _parse_or_import(info: VersionInfo, conf: confmod.KongConf, store: schema.En
     except OSError as exc:
         raise KongError(f"Failed parsing:\n{path}: {exc.strerror}") from None
     try:
-        entities, _ = declarative.load_text(text, info, enabled)
+        entities = declarative.load_text(text, info, enabled)[0]
     except declarative.DeclarativeError as exc:
         raise KongError("Failed parsing:\n" + exc.text) from None
     if command == "parse":
         log("parse successful")
         return 0
     log("parse successful, beginning import")
-    assert store is not None
+    if store is None:
+        raise KongError("'kong config db_import' only works with a database.")
     try:
         store.import_entities(entities)
         store.import_parameters(entities.get("parameters") or [])

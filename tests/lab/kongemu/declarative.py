@@ -461,7 +461,7 @@ class MemoryStore:
 
 def load_store(text: str, info: VersionInfo, enabled_plugins: Iterable[str] | None = None) -> MemoryStore:
     """A DB-less store from a declarative file's text; raises DeclarativeError."""
-    entities, _ = load_text(text, info, enabled_plugins)
+    entities = load_text(text, info, enabled_plugins)[0]
     return MemoryStore(entities)
 
 

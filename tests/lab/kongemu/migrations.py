@@ -633,7 +633,7 @@ def print_list(state: SchemaState, db: MigrationsDB) -> int:
 
 def _confirm(prompt: str, stdin: Any, stdout: Any) -> bool | None:
     answers = {"y": True, "Y": True, "yes": True, "YES": True, "n": False, "N": False, "no": False, "NO": False}
-    for _ in range(3):
+    for _attempt in range(3):
         stdout.write(prompt)
         stdout.flush()
         line = stdin.readline()

@@ -802,7 +802,7 @@ class EntityStore:
         return total
 
     def _bulk_upsert(self, cur: Any, spec: EntitySpec, rows: list[dict[str, Any]], page_size: int) -> int:
-        cols, holders, _ = self._columns_and_values(spec, rows[0])
+        cols, holders = self._columns_and_values(spec, rows[0])[:2]
         template = "(" + ", ".join(holders) + ")"
         updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in cols if c not in ("id", "created_at"))
         sql = f"INSERT INTO {spec.table} ({', '.join(cols)}) VALUES %s ON CONFLICT (id) DO UPDATE SET {updates}"

@@ -59,7 +59,7 @@ class Client:
 
     def __call__(self, method: str, path: str, body: Any = None, form: dict[str, Any] | None = None,
                  raw: bytes | None = None, content_type: str | None = None) -> tuple[int, dict[str, str], Any]:
-        path, _, qs = path.partition("?")
+        path, _sep, qs = path.partition("?")
         headers: dict[str, str] = {}
         data = b""
         if body is not None:
@@ -124,12 +124,12 @@ def test_root_fields_and_masked_secrets(kong_db: KongDb, version: str, edition: 
 
 
 def test_status_reports_database_reachability(db_app: tuple[Client, FakeCtx, KongDb]) -> None:
-    client, ctx, _ = db_app
-    status, _, body = client("GET", "/status")
+    client, ctx = db_app[:2]
+    status, _hdrs, body = client("GET", "/status")
     assert status == 200 and body["database"] == {"reachable": True}
     assert body["server"]["total_requests"] == 7 and "memory" in body
     ctx.reachable = False
-    status, _, body = client("GET", "/status")
+    status, _hdrs, body = client("GET", "/status")
     assert status == 200 and body["database"] == {"reachable": False}
     assert "configuration_hash" not in body
 
@@ -140,7 +140,7 @@ def test_status_reports_database_reachability(db_app: tuple[Client, FakeCtx, Kon
 
 def test_service_crud_and_errors(db_app: tuple[Client, FakeCtx, KongDb]) -> None:
     client, ctx, kong_db = db_app
-    status, _, svc = client("POST", "/services", {"name": "s1", "url": "https://example.test:8443/api"})
+    status, _hdrs, svc = client("POST", "/services", {"name": "s1", "url": "https://example.test:8443/api"})
     assert status == 201
     assert (svc["protocol"], svc["host"], svc["port"], svc["path"]) == ("https", "example.test", 8443, "/api")
     assert svc["retries"] == 5 and svc["connect_timeout"] == 60000 and svc["enabled"] is True
@@ -152,30 +152,30 @@ def test_service_crud_and_errors(db_app: tuple[Client, FakeCtx, KongDb]) -> None
     assert client("GET", f"/services/{svc['id']}")[2] == svc
     assert client("GET", "/services/s1")[2] == svc
 
-    status, _, err = client("POST", "/services", {"name": "s1", "host": "other.test"})
+    status, _hdrs, err = client("POST", "/services", {"name": "s1", "host": "other.test"})
     assert status == 409
     assert err == {"code": 5, "name": "unique constraint violation",
                    "message": "UNIQUE violation detected on '{name=\"s1\"}'", "fields": {"name": "s1"}}
 
-    status, _, err = client("POST", "/services", {"name": "s2"})
+    status, _hdrs, err = client("POST", "/services", {"name": "s2"})
     assert status == 400
     assert err == {"code": 2, "name": "schema violation", "message": "schema violation (host: required field missing)",
                    "fields": {"host": "required field missing"}}
 
-    status, _, err = client("POST", "/services", {"host": "x.test", "port": 70000, "protocol": "ftp", "bogus": 1})
+    status, _hdrs, err = client("POST", "/services", {"host": "x.test", "port": 70000, "protocol": "ftp", "bogus": 1})
     assert status == 400
     assert err["fields"] == {"port": "value should be between 0 and 65535", "bogus": "unknown field",
                              "protocol": "expected one of: grpc, grpcs, http, https, tcp, tls, tls_passthrough, "
                                          "udp, ws, wss"}
     assert err["message"].startswith("3 schema violations (bogus: unknown field; port: value should be between")
 
-    status, _, patched = client("PATCH", "/services/s1", {"retries": 2})
+    status, _hdrs, patched = client("PATCH", "/services/s1", {"retries": 2})
     assert status == 200 and patched["retries"] == 2 and patched["host"] == "example.test"
     assert patched["updated_at"] >= svc["updated_at"]
 
-    status, _, put = client("PUT", "/services/s3", {"host": "three.test"})
+    status, _hdrs, put = client("PUT", "/services/s3", {"host": "three.test"})
     assert status == 200 and put["name"] == "s3"
-    status, _, put2 = client("PUT", "/services/s3", {"host": "three-bis.test"})
+    status, _hdrs, put2 = client("PUT", "/services/s3", {"host": "three-bis.test"})
     assert status == 200 and put2["id"] == put["id"] and put2["host"] == "three-bis.test"
 
     assert client("DELETE", "/services/s3")[0] == 204
@@ -188,16 +188,16 @@ def test_service_crud_and_errors(db_app: tuple[Client, FakeCtx, KongDb]) -> None
 
 
 def test_routes_form_bodies_nesting_and_references(db_app: tuple[Client, FakeCtx, KongDb]) -> None:
-    client, _, _ = db_app
+    client = db_app[0]
     svc = client("POST", "/services", {"name": "s1", "host": "up.test"})[2]
-    status, _, route = client("POST", "/routes", form={"name": "r1", "paths[]": ["/a", "/b"], "hosts": "h.test",
-                                                       "service.id": svc["id"], "strip_path": "false"})
+    form = {"name": "r1", "paths[]": ["/a", "/b"], "hosts": "h.test", "service.id": svc["id"], "strip_path": "false"}
+    status, _hdrs, route = client("POST", "/routes", form=form)
     assert status == 201, route
     assert route["paths"] == ["/a", "/b"] and route["hosts"] == ["h.test"] and route["strip_path"] is False
     assert route["service"] == {"id": svc["id"]} and route["protocols"] == ["http", "https"]
     assert route["https_redirect_status_code"] == 426 and route["path_handling"] == "v0"
 
-    status, _, nested = client("POST", "/services/s1/routes", {"name": "r2", "methods": ["GET"]})
+    status, _hdrs, nested = client("POST", "/services/s1/routes", {"name": "r2", "methods": ["GET"]})
     assert status == 201 and nested["service"] == {"id": svc["id"]}
     client("POST", "/routes", {"name": "r3", "paths": ["/c"]})
     listed = client("GET", "/services/s1/routes")[2]
@@ -206,55 +206,55 @@ def test_routes_form_bodies_nesting_and_references(db_app: tuple[Client, FakeCtx
     assert client("GET", "/routes/r3/service")[0] == 404
     assert client("GET", "/services/nope/routes")[0] == 404
 
-    status, _, err = client("POST", "/routes", {"name": "r4"})
+    status, _hdrs, err = client("POST", "/routes", {"name": "r4"})
     assert status == 400
     assert err["fields"] == {"@entity": ["must set one of 'methods', 'hosts', 'headers', 'paths', 'snis' when "
                                          "'protocols' is 'https'"]}
-    status, _, err = client("POST", "/routes", {"paths": ["nope"]})
+    status, _hdrs, err = client("POST", "/routes", {"paths": ["nope"]})
     assert status == 400 and err["fields"]["paths"] == ["should start with: / (fixed path) or ~/ (regex path)"]
 
     missing = "11111111-2222-4333-8444-555555555555"
-    status, _, err = client("POST", "/routes", {"paths": ["/x"], "service": {"id": missing}})
+    status, _hdrs, err = client("POST", "/routes", {"paths": ["/x"], "service": {"id": missing}})
     assert status == 400
     assert err == {"code": 4, "name": "foreign key violation",
                    "message": f"the foreign key '{{id=\"{missing}\"}}' does not reference an existing 'services' "
                               "entity.", "fields": {"service": {"id": missing}}}
-    status, _, err = client("DELETE", "/services/s1")
+    status, _hdrs, err = client("DELETE", "/services/s1")
     assert status == 400
     assert err["code"] == 4 and err["message"] == "an existing 'routes' entity references this 'services' entity"
 
 
 def test_consumers_key_auth_and_plugins(db_app: tuple[Client, FakeCtx, KongDb]) -> None:
-    client, _, _ = db_app
-    status, _, err = client("POST", "/consumers", {"tags": ["a"]})
+    client = db_app[0]
+    status, _hdrs, err = client("POST", "/consumers", {"tags": ["a"]})
     assert status == 400
     assert err["message"] == "schema violation (at least one of these fields must be non-empty: 'custom_id', " \
                              "'username')"
     consumer = client("POST", "/consumers", {"username": "alice"})[2]
-    status, _, cred = client("POST", "/consumers/alice/key-auth", {})
+    status, _hdrs, cred = client("POST", "/consumers/alice/key-auth", {})
     assert status == 201 and re.fullmatch(r"[0-9a-f]{32}", cred["key"]) and cred["consumer"] == {"id": consumer["id"]}
     assert client("POST", "/consumers/alice/key-auth", form={"key": "secret-1"})[0] == 201
-    status, _, err = client("POST", "/consumers/alice/key-auth", {"key": "secret-1"})
+    status, _hdrs, err = client("POST", "/consumers/alice/key-auth", {"key": "secret-1"})
     assert status == 409 and err["fields"] == {"key": "secret-1"}
     assert len(client("GET", "/key-auths")[2]["data"]) == 2
     assert client("GET", "/consumers/alice/key-auth/secret-1")[2]["key"] == "secret-1"
     assert client("DELETE", "/consumers/alice/key-auth/secret-1")[0] == 204
     assert client("GET", "/consumers/alice/key-auth/secret-1")[0] == 404
 
-    status, _, err = client("POST", "/plugins", {"name": "nope"})
+    status, _hdrs, err = client("POST", "/plugins", {"name": "nope"})
     assert status == 400
     assert err["fields"] == {"name": "plugin 'nope' not enabled; add it to the 'plugins' configuration property"}
     svc = client("POST", "/services", {"name": "s1", "host": "up.test"})[2]
-    status, _, plugin = client("POST", "/services/s1/plugins", form={"name": "key-auth",
-                                                                     "config.key_names": "x-api-key"})
+    form = {"name": "key-auth", "config.key_names": "x-api-key"}
+    status, _hdrs, plugin = client("POST", "/services/s1/plugins", form=form)
     assert status == 201, plugin
     assert plugin["service"] == {"id": svc["id"]} and plugin["route"] is None and plugin["enabled"] is True
     assert plugin["config"]["key_names"] == ["x-api-key"] and plugin["config"]["hide_credentials"] is False
-    status, _, err = client("POST", "/plugins", {"name": "key-auth", "service": {"id": svc["id"]}})
+    status, _hdrs, err = client("POST", "/plugins", {"name": "key-auth", "service": {"id": svc["id"]}})
     assert status == 409 and err["code"] == 5
     assert err["message"] == (f"UNIQUE violation detected on '{{consumer=null,name=\"key-auth\",route=null,"
                               f"service={{id=\"{svc['id']}\"}}}}'")
-    status, _, patched = client("PATCH", f"/plugins/{plugin['id']}", {"config": {"hide_credentials": True}})
+    status, _hdrs, patched = client("PATCH", f"/plugins/{plugin['id']}", {"config": {"hide_credentials": True}})
     assert status == 200 and patched["config"]["key_names"] == ["x-api-key"] and patched["config"]["hide_credentials"]
     assert client("GET", "/plugins/enabled")[2]["enabled_plugins"] == sorted(versions.get("3.4.3").bundled_plugins)
     assert client("DELETE", "/consumers/alice")[0] == 204
@@ -262,11 +262,11 @@ def test_consumers_key_auth_and_plugins(db_app: tuple[Client, FakeCtx, KongDb]) 
 
 
 def test_upstreams_and_targets(db_app: tuple[Client, FakeCtx, KongDb]) -> None:
-    client, _, _ = db_app
-    status, _, upstream = client("POST", "/upstreams", {"name": "backend"})
+    client = db_app[0]
+    status, _hdrs, upstream = client("POST", "/upstreams", {"name": "backend"})
     assert status == 201 and upstream["algorithm"] == "round-robin" and upstream["slots"] == 10000
     assert upstream["healthchecks"]["active"]["http_path"] == "/"
-    status, _, target = client("POST", "/upstreams/backend/targets", {"target": "127.0.0.1"})
+    status, _hdrs, target = client("POST", "/upstreams/backend/targets", {"target": "127.0.0.1"})
     assert status == 201 and target["target"] == "127.0.0.1:8000" and target["weight"] == 100
     assert target["upstream"] == {"id": upstream["id"]}
     assert client("POST", "/upstreams/backend/targets", {"target": "127.0.0.1:8000"})[0] == 409
@@ -275,7 +275,7 @@ def test_upstreams_and_targets(db_app: tuple[Client, FakeCtx, KongDb]) -> None:
 
 
 def test_pagination_and_tags(db_app: tuple[Client, FakeCtx, KongDb]) -> None:
-    client, _, _ = db_app
+    client = db_app[0]
     for i in range(5):
         tags = ["team-a"] + (["prod"] if i % 2 == 0 else ["dev"])
         assert client("POST", "/consumers", {"username": f"u{i}", "tags": tags})[0] == 201
@@ -283,7 +283,7 @@ def test_pagination_and_tags(db_app: tuple[Client, FakeCtx, KongDb]) -> None:
     path = "/consumers?size=2"
     pages = 0
     while path:
-        status, _, page = client("GET", path)
+        status, _hdrs, page = client("GET", path)
         assert status == 200
         assert len(page["data"]) <= 2
         seen.extend(c["username"] for c in page["data"])
@@ -296,21 +296,21 @@ def test_pagination_and_tags(db_app: tuple[Client, FakeCtx, KongDb]) -> None:
     assert len(client("GET", "/consumers?tags=team-a,prod")[2]["data"]) == 3
     assert len(client("GET", "/consumers?tags=prod/dev")[2]["data"]) == 5
     assert client("GET", "/consumers?tags=dev,prod")[2]["data"] == []
-    status, _, page = client("GET", "/consumers?size=1&tags=prod")
+    status, _hdrs, page = client("GET", "/consumers?size=1&tags=prod")
     assert page["next"].endswith("&tags=prod")
-    status, _, err = client("GET", "/consumers?offset=x")
+    status, _hdrs, err = client("GET", "/consumers?offset=x")
     assert status == 400
     assert err == {"code": 7, "name": "invalid offset", "message": "'x' is not a valid offset: bad base64 encoding"}
-    status, _, err = client("GET", "/consumers?size=0")
+    status, _hdrs, err = client("GET", "/consumers?size=0")
     assert status == 400 and err["code"] == 9 and err["name"] == "invalid size"
     assert client("GET", "/consumers?size=1001")[0] == 400
-    status, _, err = client("GET", "/consumers?tags=a,b/c")
+    status, _hdrs, err = client("GET", "/consumers?tags=a,b/c")
     assert status == 400 and err["message"] == "invalid option (tags: invalid filter syntax)"
 
 
 def test_workspaces_and_config_on_a_database_node(db_app: tuple[Client, FakeCtx, KongDb]) -> None:
-    client, _, _ = db_app
-    status, _, page = client("GET", "/workspaces")
+    client = db_app[0]
+    status, _hdrs, page = client("GET", "/workspaces")
     assert status == 200 and [w["name"] for w in page["data"]] == ["default"]
     assert client("GET", "/workspaces/default")[2]["name"] == "default"
     msg = {"message": "this endpoint is only available when Kong is configured to not use a database"}
@@ -333,7 +333,7 @@ def test_clustering_endpoints_on_a_control_plane(kong_db: KongDb, version: str) 
     store.upsert_data_plane({"id": "aaaaaaaa-0000-4000-8000-000000000002", "hostname": "dp2", "ip": "127.0.0.6",
                              "version": "2.8.4", "sync_status": "kong_version_incompatible", "config_hash": ""})
     client = Client(admin.AdminApp(FakeCtx(versions.get(version), conf, store, is_control_plane=True)))
-    status, _, page = client("GET", "/clustering/data-planes")
+    status, _hdrs, page = client("GET", "/clustering/data-planes")
     assert status == 200 and page["next"] is None
     first = page["data"][0]
     expected = {"id", "ip", "hostname", "version", "sync_status", "config_hash", "last_seen", "ttl", "updated_at"}
@@ -403,15 +403,15 @@ def dbless_app() -> tuple[Client, FakeCtx]:
 
 
 def test_dbless_reads_and_rejected_writes(dbless_app: tuple[Client, FakeCtx]) -> None:
-    client, _ = dbless_app
+    client = dbless_app[0]
     assert [s["name"] for s in client("GET", "/services")[2]["data"]] == ["echo"]
     assert client("GET", "/services/echo/routes")[2]["data"][0]["name"] == "echo-route"
     assert client("GET", "/consumers/bob/key-auth")[2]["data"][0]["key"] == "bob-key"
-    status, _, err = client("POST", "/routes", {"paths": ["/"]})
+    status, _hdrs, err = client("POST", "/routes", {"paths": ["/"]})
     assert status == 405
     assert err == {"code": 12, "name": "operation unsupported",
                    "message": "cannot create 'routes' entities when not using a database"}
-    status, _, err = client("PATCH", "/services/echo", {"retries": 1})
+    status, _hdrs, err = client("PATCH", "/services/echo", {"retries": 1})
     assert status == 405 and err["message"] == "cannot create or update 'services' entities when not using a database"
     assert client("DELETE", "/routes")[:3:2] == (405, {"message": "Method not allowed"})
     assert client("GET", "/workspaces")[2]["data"][0]["name"] == "default"
@@ -419,21 +419,21 @@ def test_dbless_reads_and_rejected_writes(dbless_app: tuple[Client, FakeCtx]) ->
 
 def test_dbless_config_endpoint(dbless_app: tuple[Client, FakeCtx]) -> None:
     client, ctx = dbless_app
-    status, _, body = client("GET", "/config")
+    status, _hdrs, body = client("GET", "/config")
     assert status == 200 and body["config"].startswith("_format_version: '3.0'\n_transform: false\n")
-    status, _, body = client("POST", "/config?check_hash=1", form={"config": KONG_YML})
+    status, _hdrs, body = client("POST", "/config?check_hash=1", form={"config": KONG_YML})
     assert (status, body) == (304, None)
     new_yml = KONG_YML + "- username: carol\n"
-    status, _, body = client("POST", "/config?check_hash=1", form={"config": new_yml})
+    status, _hdrs, body = client("POST", "/config?check_hash=1", form={"config": new_yml})
     assert status == 201 and len(body["consumers"]) == 2 and ctx.notified == 1
-    status, _, body = client("POST", "/config", {"_format_version": "3.0", "consumers": [{"username": "dave"}]})
+    status, _hdrs, body = client("POST", "/config", {"_format_version": "3.0", "consumers": [{"username": "dave"}]})
     assert status == 201 and [c["username"] for c in body["consumers"].values()] == ["dave"]
     assert ctx.configuration_hash == ctx.backend.config_hash
     multipart = (b"--XyZ\r\nContent-Disposition: form-data; name=\"config\"; filename=\"kong.yml\"\r\n"
                  b"Content-Type: application/x-yaml\r\n\r\n" + KONG_YML.encode() + b"\r\n--XyZ--\r\n")
-    status, _, body = client("POST", "/config", raw=multipart, content_type="multipart/form-data; boundary=XyZ")
+    status, _hdrs, body = client("POST", "/config", raw=multipart, content_type="multipart/form-data; boundary=XyZ")
     assert status == 201 and "services" in body
-    status, _, err = client("POST", "/config", {"config": "_format_version: '9.9'\nservices: 3\n"})
+    status, _hdrs, err = client("POST", "/config", {"config": "_format_version: '9.9'\nservices: 3\n"})
     assert status == 400
     assert err["code"] == 14 and err["name"] == "invalid declarative configuration"
     assert err["fields"] == {"_format_version": "expected one of: 1.1, 2.1, 3.0", "services": "expected an array"}
@@ -445,7 +445,7 @@ def test_dbless_status_has_hash_and_database_only_before_34(version: str, has_da
     store = declarative.load_store(KONG_YML, info)
     ctx = FakeCtx(info, KongConf({"database": "off", "role": "traditional"}), store,
                   configuration_hash=store.config_hash)
-    status, _, body = Client(admin.AdminApp(ctx))("GET", "/status")
+    status, _hdrs, body = Client(admin.AdminApp(ctx))("GET", "/status")
     assert status == 200 and re.fullmatch(r"[0-9a-f]{32}", body["configuration_hash"])
     assert ("database" in body) == has_database
     ctx.configuration_hash = None

@@ -216,7 +216,7 @@ def test_bulk_import_of_10000_entities(kong_db: KongDb, tmp_path: Path) -> None:
     from kongemu import declarative
 
     started = time.monotonic()
-    entities, _ = declarative.load_text(path.read_text(encoding="utf-8"), info)
+    entities = declarative.load_text(path.read_text(encoding="utf-8"), info)[0]
     store = schema.EntityStore(pg.connect(conf), info)
     parsed = time.monotonic()
     assert store.import_entities(entities) == 4 * n

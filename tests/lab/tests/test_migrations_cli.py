@@ -110,7 +110,7 @@ def _reset_on_tty(kong: KongRunner, version: str, env: dict[str, str], answer: b
     deadline = time.monotonic() + 30
     sent = False
     while time.monotonic() < deadline:
-        ready, _, _ = select.select([master], [], [], 0.2)
+        ready = select.select([master], [], [], 0.2)[0]
         if ready:
             try:
                 chunk = os.read(master, 4096)
