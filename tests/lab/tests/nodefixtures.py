@@ -191,7 +191,12 @@ def running_node(binary: Path, spec: NodeSpec, env: dict[str, str] | None = None
         assert res.rc == 0, str(res)
         yield res
     finally:
-        kill_node(spec.prefix, pid or node_pid(spec.prefix))
+        # the node started here, and whatever runs there now (after a restart in the test)
+        current = node_pid(spec.prefix)
+        if pid is not None:
+            kill_node(spec.prefix, pid)
+        if current is not None and current != pid:
+            kill_node(spec.prefix, current)
 
 
 def http_call(url: str, method: str = "GET", body: bytes | str | None = None,
