@@ -354,14 +354,25 @@ def export_yaml(entities: dict[str, list[dict[str, Any]]], info: VersionInfo) ->
                      default_flow_style=False, allow_unicode=True)
 
 
+def _canonical_row(row: dict[str, Any]) -> dict[str, Any]:
+    """Without timestamps; foreign keys as plain ids (API and export shapes hash alike)."""
+    out = {}
+    for key, value in row.items():
+        if key in ("created_at", "updated_at"):
+            continue
+        if isinstance(value, dict) and set(value) == {"id"}:
+            value = value["id"]
+        out[key] = value
+    return out
+
+
 def config_hash(entities: dict[str, list[dict[str, Any]]]) -> str:
+    """md5 of the canonical configuration; 32 zeros when it holds no entity."""
     canonical = {}
     for name in CONFIG_ENTITIES:
         rows = entities.get(name) or []
         if rows:
-            canonical[name] = sorted(
-                ({k: v for k, v in row.items() if k not in ("created_at", "updated_at")} for row in rows),
-                key=lambda r: r["id"])
+            canonical[name] = sorted((_canonical_row(row) for row in rows), key=lambda r: r["id"])
     if not canonical:
         return EMPTY_HASH
     return hashlib.md5(json.dumps(canonical, sort_keys=True, default=str).encode(), usedforsecurity=False).hexdigest()

@@ -228,3 +228,16 @@ def test_bulk_import_of_10000_entities(kong_db: KongDb, tmp_path: Path) -> None:
     store.close()
     print(f"\n10k entities: parse+validate {parsed - started:.2f}s, import {imported - parsed:.2f}s, "
           f"load_config {loaded - imported:.2f}s")
+
+
+def test_configuration_hash_is_stable_and_shape_independent() -> None:
+    from kongemu import declarative
+
+    info = versions.get("3.4.3")
+    first = declarative.load_store(GOOD, info)
+    second = declarative.load_store(GOOD, info)
+    assert first.config_hash == second.config_hash and len(first.config_hash) == 32
+    assert declarative.config_hash(first.export()) == first.config_hash
+    assert declarative.empty_store(info).config_hash == "0" * 32
+    changed = declarative.load_store(GOOD.replace("minute: 100", "minute: 101"), info)
+    assert changed.config_hash != first.config_hash
