@@ -716,9 +716,24 @@ class Node:
             except Exception as exc:  # pylint: disable=broad-except
                 raise StartupError(f"nginx: [error] init_by_lua error: {_err_text(exc)}") from exc
             self.set_config(config)
+            self._log_schema_state()
             if self.role == "control_plane":
                 self.hybrid = hybrid.ControlPlane(self)
         self._make_admin()
+
+    def _log_schema_state(self) -> None:
+        """What Kong's init phase logs (kong-facts 4.3): pending/missing migrations."""
+        from . import migrations  # pylint: disable=import-outside-toplevel
+
+        try:
+            state = migrations.state_for(self.conf, self.version_info)
+        except Exception as exc:  # pylint: disable=broad-except
+            self.log.warn(f"could not read the schema state: {_err_text(exc)}")
+            return
+        if state.missing_migrations:
+            self.log.warn(f"database is missing some migrations:\n{state.missing_migrations}")
+        if state.pending_migrations:
+            self.log.warn(f"database has pending migrations:\n{state.pending_migrations}")
 
     def _make_admin(self) -> None:
         if not self.conf.listeners("admin_listen"):

@@ -37,9 +37,11 @@ class _Log:
 @pytest.fixture(scope="module")
 def pg():
     cluster = NodePg()
-    cluster.start()
-    yield cluster
-    cluster.stop()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture(scope="module")

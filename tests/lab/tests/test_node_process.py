@@ -43,9 +43,11 @@ class _Log:
 @pytest.fixture(scope="module")
 def pg():
     cluster = NodePg()
-    cluster.start()
-    yield cluster
-    cluster.stop()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture(scope="module")
@@ -233,6 +235,9 @@ def test_start_gate_new_then_pending(pg, bins, echo, tmp_path):
     with running_node(bins(new), spec_new) as started:
         assert "Database has pending migrations:" in started.out
         assert started.out.strip().endswith("Kong started")
+        assert "[warn]" in (spec_new.prefix / "logs" / "error.log").read_text()
+        assert "database has pending migrations:\n" in \
+            (spec_new.prefix / "logs" / "error.log").read_text()
         status, body = http_json(f"http://127.0.0.1:{spec_new.status}/status/ready")
         assert (status, body) == (200, {"message": "ready"})
 
