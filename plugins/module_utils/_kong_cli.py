@@ -9,6 +9,7 @@ Private to the collection. Secrets go to the process environment, never the argv
 from __future__ import annotations
 
 import os
+import re
 
 from ansible.module_utils.basic import env_fallback
 
@@ -131,3 +132,37 @@ class KongCli:
             return KongVersion.parse(result.stdout.strip().splitlines()[-1])
         except (VersionError, IndexError) as exc:
             raise KongCliError("could not read the Kong version from `kong version`: %s" % exc) from exc
+
+
+def read_conf_file(path):
+    """`key = value` settings of a kong.conf (comments stripped, as Kong's loader does)."""
+    values = {}
+    if not path or not os.path.isfile(path):
+        return values
+    with open(path) as handle:
+        for raw in handle:
+            line = re.sub(r"(?<!\\)#.*$", "", raw).strip()
+            if "=" not in line:
+                continue
+            key, value = line.split("=", 1)
+            values[key.strip().lower()] = value.strip().replace("\\#", "#")
+    return values
+
+
+def database_settings(cli):
+    """The node's effective pg_* settings: kong.conf, then KONG_* variables, then the module's environment."""
+    values = read_conf_file(cli.conf)
+    for name, value in os.environ.items():
+        if name.startswith("KONG_PG_"):
+            values[name[5:].lower()] = value
+    for name, value in cli.environment.items():
+        if name.startswith("KONG_PG_"):
+            values[name[5:].lower()] = value
+    return {
+        "host": values.get("pg_host", "127.0.0.1"),
+        "port": int(values.get("pg_port", "5432") or 5432),
+        "user": values.get("pg_user", "kong"),
+        "password": values.get("pg_password"),
+        "database": values.get("pg_database", "kong"),
+        "database_kind": values.get("database", "postgres"),
+    }

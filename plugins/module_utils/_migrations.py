@@ -50,7 +50,7 @@ class MigrationsRunner:
     """Reads the migration state and runs the commands that reach ``desired``."""
 
     def __init__(self, cli, desired, force=False, allow_bootstrap=False, lock_wait_timeout=120,
-                 poll_interval=2.0, use_status=True, clock=time.monotonic, sleep=time.sleep):
+                 poll_interval=2.0, use_status=True, clock=time.monotonic, sleep=time.sleep, lock_reader=None):
         if desired not in STATES:
             raise MigrationsError("state must be one of %s, got '%s'" % (", ".join(STATES), desired))
         self.cli = cli
@@ -62,6 +62,7 @@ class MigrationsRunner:
         self.use_status = use_status
         self.clock = clock
         self.sleep = sleep
+        self.lock_reader = lock_reader
         self.commands = []
         self.waited_for_lock = 0.0
 
@@ -154,29 +155,20 @@ class MigrationsRunner:
         if "pending migrations" in error:
             hint = "Finish the earlier upgrade first with state=finished."
         elif "timeout" in error:
-            hint = ("Another node held the migration lock for longer than lock_timeout=%s s. Find the node "
-                    "running migrations (or wait for a crashed node's lock to expire), then run again."
-                    % self.cli.lock_timeout)
+            hint = ("The migration lock was held for longer than lock_timeout=%s s. %s."
+                    % (self.cli.lock_timeout, self._lock_message()))
         elif "needs bootstrapping" in error or "Database needs bootstrap" in error:
             hint = "The database has no Kong schema: check the node's pg_* settings."
         return "`kong %s` failed (rc=%s): %s. %s" % (" ".join(step), result.rc, error, hint)
 
-    def _wait_for_other_node(self, state):
-        """Kong said another node holds the lock: poll until the state moves or the deadline."""
-        start = self.clock()
-        deadline = start + self.lock_wait_timeout
-        while self.clock() < deadline:
-            self.sleep(self.poll_interval)
-            current = self.read_state()
-            if _fingerprint(current) != _fingerprint(state):
-                self.waited_for_lock += self.clock() - start
-                return current
-        self.waited_for_lock += self.clock() - start
-        raise MigrationsError(
-            "Kong printed '%s' and the migration state did not change within lock_wait_timeout=%s s. "
-            "Another node is running migrations or a crashed node left the lock row; Kong removes an "
-            "expired lock itself after lock_timeout (%s s). Find which node runs `kong migrations`, "
-            "let it finish, then run again" % (ABORTED_LINE, self.lock_wait_timeout, self.cli.lock_timeout))
+    def _lock_message(self):
+        holder = self.lock_reader() if self.lock_reader else None
+        if holder:
+            return ("The migrations lock is held by owner %s until %s (%s). A crashed node's lock expires by itself at "
+                    "that time; a live one belongs to a node running migrations now: let it finish"
+                    % (holder.get("owner"), holder.get("ttl"), "expired" if holder.get("expired") else "live"))
+        return ("Another node is running migrations, or a crashed node left the lock row, which Kong removes once it "
+                "expires after lock_timeout (%s s)" % self.cli.lock_timeout)
 
     def ensure(self, check_mode=False):
         """Reach the desired state; return a result dict for exit_json."""
@@ -193,19 +185,33 @@ class MigrationsRunner:
             return result
         state = before
         changed = False
-        for _unused in range(MAX_STEPS):
+        ran = 0
+        wait_started = None
+        while True:
             step = self.next_step(state)
             if step is None:
                 break
-            ran = self._run_step(step)
-            if ran:
+            if ran >= MAX_STEPS:
+                raise MigrationsError("gave up after %d migration commands without reaching state=%s; last state: %s"
+                                      % (MAX_STEPS, self.desired, summarize(state).strip()))
+            if self._run_step(step):
+                ran += 1
                 changed = True
+                wait_started = None
                 state = self.read_state()
-            else:
-                state = self._wait_for_other_node(state)
-        else:
-            raise MigrationsError("gave up after %d migration commands without reaching state=%s; "
-                                  "last state: %s" % (MAX_STEPS, self.desired, summarize(state).strip()))
+                continue
+            # `aborted: another node is performing database changes`: nothing ran. Wait, re-read, and
+            # try again: the other node may have done the work, or released the lock.
+            now = self.clock()
+            if wait_started is None:
+                wait_started = now
+            if now - wait_started >= self.lock_wait_timeout:
+                self.waited_for_lock += now - wait_started
+                raise MigrationsError("Kong printed '%s' for `kong %s` for %s s (lock_wait_timeout). %s"
+                                      % (ABORTED_LINE, " ".join(step), self.lock_wait_timeout, self._lock_message()))
+            self.sleep(self.poll_interval)
+            self.waited_for_lock += self.clock() - now
+            state = self.read_state()
         result.update(changed=changed, state_after=state, commands=self.commands,
                       waited_for_lock_seconds=round(self.waited_for_lock, 1))
         result["diff"] = {"before": summarize(before), "after": summarize(state)}

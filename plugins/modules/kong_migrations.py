@@ -161,12 +161,31 @@ from ansible_collections.kongops.upgrade.plugins.module_utils._kong_cli import (
     KONG_NODE_ARGSPEC,
     KongCli,
     KongCliError,
+    database_settings,
 )
 from ansible_collections.kongops.upgrade.plugins.module_utils._migrations import (
     STATES,
     MigrationsError,
     MigrationsRunner,
 )
+from ansible_collections.kongops.upgrade.plugins.module_utils._pg import PgClient, PgError
+
+
+def lock_reader(module, cli):
+    """Read the migrations lock row with psql, when the node has it; None when it cannot."""
+    def read():
+        settings = database_settings(cli)
+        if settings["database_kind"] != "postgres" or not module.get_bin_path("psql"):
+            return None
+        try:
+            with PgClient(module, settings["host"], settings["port"], settings["user"], settings["password"],
+                          settings["database"]) as pg:
+                rows = pg.query_json("SELECT owner, ttl::text AS ttl, ttl < now() AS expired FROM locks "
+                                     "WHERE key = 'migrations'")
+        except PgError:
+            return None
+        return rows[0] if rows else None
+    return read
 
 
 def main():
@@ -183,7 +202,8 @@ def main():
     cli = KongCli.from_params(module)
     runner = MigrationsRunner(cli, module.params["state"], force=module.params["force"],
                               allow_bootstrap=module.params["allow_bootstrap"],
-                              lock_wait_timeout=module.params["lock_wait_timeout"])
+                              lock_wait_timeout=module.params["lock_wait_timeout"],
+                              lock_reader=lock_reader(module, cli))
     try:
         version = str(cli.version())
         result = runner.ensure(check_mode=module.check_mode)
