@@ -614,7 +614,7 @@ class Node:
         self.hostname = socket.gethostname()
         self.pid = os.getpid()
         self.started_at = time.time()
-        self.server = HTTPServer(self.log, idle_timeout=60.0)
+        self.server = HTTPServer(self.log, idle_timeout=75.0)  # nginx keepalive_timeout default
         self.stop_event = threading.Event()
         self.exiting = False
         self.draining = False
