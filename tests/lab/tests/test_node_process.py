@@ -253,11 +253,20 @@ def test_start_refused_before_bootstrap(pg, bins, tmp_path):
 
 def test_run_migrations_flag(pg, bins, tmp_path):
     info = pg.fresh()
-    spec = make_spec(tmp_path, "rm", "3.4.0", **info.conf())
-    assert _kong(bins, "3.4.0", "migrations", "bootstrap", "-c", str(spec.conf_path)).rc == 0
-    spec2 = make_spec(tmp_path, "rm2", "3.4.3", **info.conf())
-    with running_node(bins("3.4.3"), spec2) as started:
-        assert "Kong started" in started.out
+    spec = make_spec(tmp_path, "rm", "3.4.3", **info.conf())
+    assert _kong(bins, "3.4.3", "migrations", "bootstrap", "-c", str(spec.conf_path)).rc == 0
+    spec2 = make_spec(tmp_path, "rm2", "3.9.1", **info.conf())
+    kong = bins("3.9.1")
+    try:
+        res = run_kong(kong, "start", "-c", str(spec2.conf_path), "--run-migrations")
+        assert res.rc == 0, str(res)
+        assert "migrating core on database" in res.out
+        assert "Database has pending migrations:" in res.out
+        assert res.out.strip().endswith("Kong started")
+        listed = _kong(bins, "3.9.1", "migrations", "list", "-c", str(spec2.conf_path))
+        assert listed.rc == 4, str(listed)
+    finally:
+        kill_node(spec2.prefix)
 
 
 # ---------------------------------------------------------------------------- old node
