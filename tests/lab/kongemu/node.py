@@ -624,7 +624,6 @@ class Node:
         self.config_hash: str | None = None
         self.db_ok = True
         self.backend: Any = None
-        self.ready_once = False
         self._reload_lock = threading.Lock()
         self._change = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -685,7 +684,9 @@ class Node:
             self.log.error(f"init_by_lua error: {exc!r}\n{traceback.format_exc()}")
             report(f"ERR nginx: [error] init_by_lua error: {exc}")
             return 1
-        Path(pid_path(self.prefix)).write_text(f"{self.pid}\n", encoding="ascii")
+        tmp = pid_path(self.prefix) + ".tmp"
+        Path(tmp).write_text(f"{self.pid}\n", encoding="ascii")
+        os.replace(tmp, pid_path(self.prefix))
         self.server.start()
         self._start_background()
         self.log.notice("start worker processes")
