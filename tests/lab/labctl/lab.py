@@ -281,15 +281,18 @@ class Lab:
                 reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc)
                 _say(f"lab up failed: {reason}")
                 _say("tearing down what was started")
+                cleaned = True
                 with _signals_ignored():
                     try:
                         self._down_locked(quiet=True)
                     except LabError as down_exc:
-                        _say(f"teardown problem: {down_exc}")
+                        cleaned = False
+                        _say(f"teardown problem: {down_exc}; run `tests/lab/lab down` again")
                 if isinstance(exc, LabError):
                     raise
                 if isinstance(exc, KeyboardInterrupt):
-                    raise LabError("lab up interrupted; everything it started was stopped") from exc
+                    what = "everything it started was stopped" if cleaned else "teardown incomplete"
+                    raise LabError(f"lab up interrupted; {what}") from exc
                 raise LabError(f"lab up failed unexpectedly: {exc!r}") from exc
             _say(f"up in {time.monotonic() - started:.1f}s")
             return inventory
