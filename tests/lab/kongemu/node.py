@@ -320,7 +320,7 @@ def _spawn_daemon(version_info: versions.VersionInfo, prefix: str, log: CliLog) 
                         os.close(fd)
                     except OSError:
                         pass
-            os.execv(sys.executable, argv)
+            os.execve(sys.executable, argv, _daemon_env())
         except BaseException:  # pylint: disable=broad-except
             os._exit(127)
         os._exit(127)
@@ -334,6 +334,13 @@ def _spawn_daemon(version_info: versions.VersionInfo, prefix: str, log: CliLog) 
         raise KongError(report[4:].strip())
     tail = _error_log_tail(prefix)
     raise KongError(tail or "nginx: could not start the node (no report from it)")
+
+
+def _daemon_env() -> dict[str, str]:
+    """nginx keeps almost no environment (only TZ unless `env` directives say more):
+    the node gets no KONG_*/PG* variables, its configuration is `.kong_env` alone."""
+    keep = ("PATH", "TZ", "LANG", "HOME", "TMPDIR")
+    return {k: v for k, v in os.environ.items() if k in keep or k.startswith("LC_")}
 
 
 def _open_fds() -> list[int]:
