@@ -191,18 +191,28 @@ def test_dp_serves_from_cache_when_cp_down_and_after_restart(pg, bins, echo, tmp
     info, cp = _control_plane(pg, bins, tmp_path, version, echo)
     dp = _data_plane(tmp_path, "dpc", version, cp)
     kong = bins(version)
-    with running_node(kong, dp):
-        with running_node(kong, cp):
+    res = run_kong(kong, "start", "-c", str(cp.conf_path))   # CP first: no initial retry wait
+    cp_pid = node_pid(cp.prefix)
+    try:
+        assert res.rc == 0, str(res)
+        with running_node(kong, dp):
             poll(lambda: http_call(f"{dp.proxy_url}/echo/x")[0] == 200, 15, "DP synced")
             synced = http_json(f"http://127.0.0.1:{dp.status}/status")[1]["configuration_hash"]
-        cp_pid = node_pid(cp.prefix)
-        assert cp_pid is None or not alive(cp_pid)
-        assert http_call(f"{dp.proxy_url}/echo/x")[0] == 200
-        poll(lambda: "connection to control plane" in
-             (dp.prefix / "logs" / "error.log").read_text(), 10, "the broken-connection log")
-        res = run_kong(kong, "restart", "-c", str(dp.conf_path))
-        assert res.rc == 0, str(res)
-        assert http_call(f"{dp.proxy_url}/echo/x")[0] == 200
-        assert http_json(f"http://127.0.0.1:{dp.status}/status/ready") == (200, {"message": "ready"})
-        assert http_json(f"http://127.0.0.1:{dp.status}/status")[1]["configuration_hash"] == synced
-    kill_node(dp.prefix)
+            assert run_kong(kong, "stop", "-p", str(cp.prefix)).rc == 0
+            assert not alive(cp_pid)
+            _serves_from_cache(kong, dp, synced)
+    finally:
+        kill_node(cp.prefix, cp_pid)
+        kill_node(dp.prefix)
+
+
+def _serves_from_cache(kong, dp, synced: str) -> None:
+    """The DP keeps serving while its CP is down, also after its own restart."""
+    assert http_call(f"{dp.proxy_url}/echo/x")[0] == 200
+    poll(lambda: "connection to control plane" in
+         (dp.prefix / "logs" / "error.log").read_text(), 10, "the broken-connection log")
+    res = run_kong(kong, "restart", "-c", str(dp.conf_path))
+    assert res.rc == 0, str(res)
+    assert http_call(f"{dp.proxy_url}/echo/x")[0] == 200
+    assert http_json(f"http://127.0.0.1:{dp.status}/status/ready") == (200, {"message": "ready"})
+    assert http_json(f"http://127.0.0.1:{dp.status}/status")[1]["configuration_hash"] == synced
