@@ -62,15 +62,22 @@ def haproxy_counters(stat_csv, backend, servers):
     return result
 
 
+REQUEST_METRICS = ("kong_http_requests_total", "kong_http_status")
+
+
 def prometheus_counters(text):
-    """Totals from Kong's `/metrics`: requests, 5xx, and 5xx by source (kong = gateway, service = upstream)."""
+    """Totals from Kong's `/metrics`: requests, 5xx, and 5xx by source (kong = gateway, service = upstream).
+
+    Kong 3.x exposes `kong_http_requests_total` with a `source` label; 2.x exposes
+    `kong_http_status`, which has none, so its 5xx count as neither gateway nor upstream.
+    """
     totals = {"requests": 0, "errors": 0, "gateway_errors": 0, "upstream_errors": 0, "retries": 0}
     found = False
     for line in text.splitlines():
         if not line or line.startswith("#"):
             continue
         match = _PROM_LINE.match(line)
-        if not match or match.group("name") != "kong_http_requests_total":
+        if not match or match.group("name") not in REQUEST_METRICS:
             continue
         found = True
         labels = dict(_PROM_LABEL.findall(match.group("labels") or ""))
@@ -80,11 +87,11 @@ def prometheus_counters(text):
             totals["errors"] += value
             if labels.get("source") == "service":
                 totals["upstream_errors"] += value
-            else:
+            elif labels.get("source") == "kong":
                 totals["gateway_errors"] += value
     if not found:
-        raise GateError("no kong_http_requests_total in the metrics; enable the prometheus plugin (with per-consumer "
-                        "or status-code metrics) on the nodes")
+        raise GateError("no kong_http_requests_total (3.x) or kong_http_status (2.x) in the metrics; enable the "
+                        "prometheus plugin with status-code metrics on the nodes")
     return totals
 
 

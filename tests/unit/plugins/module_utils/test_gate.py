@@ -88,3 +88,9 @@ kong_http_requests_total{service="s",route="r",code="503",source="service",consu
 """
     totals = prometheus_counters(text)
     assert totals == {"requests": 100, "errors": 10, "gateway_errors": 4, "upstream_errors": 6, "retries": 0}
+
+
+def test_prometheus_reads_kong_28_metric_names():
+    text = 'kong_http_status{service="s",route="r",code="200"} 7\nkong_http_status{service="s",route="r",code="500"} 3\n'
+    totals = prometheus_counters(text)
+    assert totals["requests"] == 10 and totals["errors"] == 3
