@@ -75,10 +75,10 @@ def test_ansible_reads_the_inventory_and_reaches_every_host(lab: LabHandle) -> N
     data = json.loads(listed.stdout)
     assert sorted(data["kong_x"]["hosts"]) == ["x1", "x2"] and data["kong_lb"]["hosts"] == ["lb1"]
     assert data["_meta"]["hostvars"]["y1"]["kong_lb_server_name"] == "y1"
-    ping = subprocess.run([str(venv_bin / "ansible"), "-i", str(lab.inventory_path), "all", "-m", "ping",
-                           "-o"], capture_output=True, text=True, timeout=120, check=False)
+    ping = subprocess.run([str(venv_bin / "ansible"), "-i", str(lab.inventory_path), "all", "-m", "ping"],
+                          capture_output=True, text=True, timeout=120, check=False)
     assert ping.returncode == 0, ping.stdout + ping.stderr
-    assert ping.stdout.count("SUCCESS") == 4  # x1 x2 y1 lb1
+    assert ping.stdout.count("| SUCCESS =>") == 4  # x1 x2 y1 lb1
 
 
 def test_database_accepts_the_inventory_credentials(lab: LabHandle) -> None:
