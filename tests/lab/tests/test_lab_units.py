@@ -170,11 +170,12 @@ def test_runtime_api_reports_connection_errors(tmp_path: Path) -> None:
         api.command("show info")
 
 
-def test_lab_runs_with_the_repo_venv_whatever_python_is_on_path() -> None:
+@pytest.mark.parametrize("launch", [[], ["/usr/bin/python3"]], ids=["as-executable", "with-system-python"])
+def test_lab_runs_with_the_repo_venv_whatever_python_is_on_path(launch: list[str]) -> None:
     # the system python has no psycopg2/PyYAML, so this only works through the venv
     env = {**os.environ, "KONG_LAB_RUN_DIR": "/nonexistent/run", "PATH": "/usr/bin:/bin"}
-    res = subprocess.run([str(LAB), "status", "--json"], capture_output=True, text=True, timeout=60,
-                         env=env, check=False)
+    res = subprocess.run([*launch, str(LAB), "status", "--json"], capture_output=True, text=True,
+                         timeout=60, env=env, check=False)
     assert res.returncode == 3, res.stderr
     assert '"up": false' in res.stdout
     assert (REPO / ".venv" / "bin" / "python").exists()
