@@ -10,8 +10,10 @@ may hold secrets.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,6 +30,7 @@ def collections_path() -> Path:
     global _COLLECTIONS  # noqa: PLW0603  pylint: disable=global-statement
     if _COLLECTIONS is None:
         root = Path(tempfile.mkdtemp(prefix="kongops-collections-"))
+        atexit.register(shutil.rmtree, str(root), True)
         (root / "ansible_collections" / "kongops").mkdir(parents=True)
         (root / "ansible_collections" / "kongops" / "upgrade").symlink_to(REPO)
         _COLLECTIONS = root

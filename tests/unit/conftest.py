@@ -4,7 +4,9 @@ Collection code imports itself by its full name, so the checkout is linked into 
 temporary `ansible_collections/kongops/upgrade` tree that is put on sys.path.
 """
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 
@@ -18,6 +20,7 @@ def _install_collection_path():
     except ImportError:
         pass
     root = tempfile.mkdtemp(prefix="kongops-collections-")
+    atexit.register(shutil.rmtree, root, True)
     os.makedirs(os.path.join(root, "ansible_collections", "kongops"))
     os.symlink(REPO, os.path.join(root, "ansible_collections", "kongops", "upgrade"))
     sys.path.insert(0, root)
