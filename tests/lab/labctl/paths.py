@@ -10,14 +10,30 @@ LAB_DIR = Path(__file__).resolve().parent.parent  # tests/lab
 REPO_ROOT = LAB_DIR.parent.parent
 VENV_PYTHON = REPO_ROOT / ".venv" / "bin" / "python"
 
-# Fixed loopback addresses and ports (one lab per machine at a time).
+
+def _lab_net() -> int:
+    """``$KONG_LAB_NET`` (0-9): a second lab on one machine uses other addresses and ports.
+
+    Net 0 is the documented layout (X at 127.0.1.N, Y at 127.0.2.N, ...); net K moves the
+    third octet of node addresses up by 10*K and the lab's own ports up by 100*K, so two
+    labs (each with its own KONG_LAB_RUN_DIR) can run side by side.
+    """
+    raw = os.environ.get("KONG_LAB_NET", "0") or "0"
+    if not raw.isdigit() or not 0 <= int(raw) <= 9:
+        raise ValueError(f"KONG_LAB_NET must be a number from 0 to 9, got {raw!r}")
+    return int(raw)
+
+
+LAB_NET = _lab_net()
+
+# Loopback addresses and ports (one lab per net at a time).
 PG_HOST = "127.0.0.1"
-PG_PORT = 54329
+PG_PORT = 54329 + 100 * LAB_NET
 ECHO_HOST = "127.0.0.1"
-ECHO_PORT = 18080
+ECHO_PORT = 18080 + 100 * LAB_NET
 FRONTEND_HOST = "127.0.0.1"
-FRONTEND_PORT = 18000
-HAPROXY_ADMIN_TCP = ("127.0.0.1", 18999)
+FRONTEND_PORT = 18000 + 100 * LAB_NET
+HAPROXY_ADMIN_TCP = ("127.0.0.1", 18999 + 100 * LAB_NET)
 
 KONG_PROXY_PORT = 8000
 KONG_ADMIN_PORT = 8001
@@ -27,7 +43,7 @@ KONG_STATUS_PORT = 8007
 
 def node_host(group: str, index: int) -> str:
     """Loopback address of node ``index`` (1-based) of ``group`` ('x', 'y' or 'cp')."""
-    third = {"x": 1, "y": 2, "cp": 3}[group]
+    third = {"x": 1, "y": 2, "cp": 3}[group] + 10 * LAB_NET
     if not 1 <= index <= 254:
         raise ValueError(f"node index {index} out of range 1..254")
     return f"127.0.{third}.{index}"
