@@ -8,7 +8,7 @@
 # local stand-in is put in its cache, so this works with only package registries.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
-venv=${VENV:-$repo/.venv}
+venv=$(cd "$repo" && realpath -m "${VENV:-.venv}")
 pip_version=$("$venv/bin/python" - <<'PY'
 import re, pathlib, ansible_test
 src = pathlib.Path(ansible_test.__file__).parent / "_internal" / "python_requirements.py"
