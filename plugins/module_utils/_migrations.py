@@ -23,6 +23,7 @@ from ansible_collections.kongops.upgrade.plugins.module_utils._migrations_output
 
 STATES = ("bootstrapped", "up", "finished", "status")
 MAX_STEPS = 8
+CONDITIONAL_FINISH = " (if up leaves migrations pending)"
 
 
 class MigrationsError(Exception):
@@ -120,7 +121,13 @@ class MigrationsRunner:
         return None
 
     def plan(self, state):
-        """Predict the commands for check mode, from the state alone."""
+        """Predict the commands for check mode, from the state alone.
+
+        Which new migrations have a teardown is not in `list`/`status` output, so after a
+        predicted `up` with state=finished the last `finish` is marked conditional
+        (CONDITIONAL_FINISH): it runs only when that `up` leaves migrations pending, as
+        every Kong release with a contract phase does.
+        """
         steps = []
         if self.desired == "status":
             return steps
@@ -134,9 +141,11 @@ class MigrationsRunner:
             if sub == "bootstrap":
                 simulated.update(needs_bootstrap=False, new={}, pending={})
             elif sub == "up":
-                # Which new migrations have a teardown is not in list/status output; a
-                # following finish is predicted only when the desired state asks for it.
                 simulated["new"] = {}
+                if self.desired == "finished":
+                    steps.append(" ".join(["migrations", "finish"] + (["-f"] if self.force else []))
+                                 + CONDITIONAL_FINISH)
+                    break
             elif sub == "finish":
                 simulated["pending"] = {}
         return steps
@@ -194,34 +203,46 @@ class MigrationsRunner:
             if ran >= MAX_STEPS:
                 raise MigrationsError("gave up after %d migration commands without reaching state=%s; last state: %s"
                                       % (MAX_STEPS, self.desired, summarize(state).strip()))
-            if self._run_step(step):
+            began = self.clock()
+            holder = self._live_lock()
+            if holder is None and self._run_step(step):
                 ran += 1
                 changed = True
-                wait_started = None
+                if wait_started is not None:
+                    self.waited_for_lock += began - wait_started
+                    wait_started = None
                 state = self.read_state()
                 continue
-            # `aborted: another node is performing database changes`: nothing ran. Wait, re-read, and
-            # try again: the other node may have done the work, or released the lock.
-            now = self.clock()
+            # Another node holds the migrations lock: seen in the locks table before running
+            # anything (so `up`, which would block for its whole --lock-timeout, is not started),
+            # or Kong printed `aborted: another node is performing database changes` (exit 0,
+            # nothing ran). Wait, re-read and try again: the other node may have done the work.
             if wait_started is None:
-                wait_started = now
+                wait_started = began
+            now = self.clock()
             if now - wait_started >= self.lock_wait_timeout:
                 self.waited_for_lock += now - wait_started
-                raise MigrationsError("Kong printed '%s' for `kong %s` for %s s (lock_wait_timeout). %s"
-                                      % (ABORTED_LINE, " ".join(step), self.lock_wait_timeout, self._lock_message()))
+                seen = ("Kong printed '%s'" % ABORTED_LINE) if holder is None else \
+                    "another node holds the migrations lock"
+                raise MigrationsError("`kong %s` did not run: %s, and it was still so after %d s of waiting "
+                                      "(lock_wait_timeout=%s). %s"
+                                      % (" ".join(step), seen, int(now - wait_started), self.lock_wait_timeout,
+                                         self._lock_message()))
             self.sleep(self.poll_interval)
-            self.waited_for_lock += self.clock() - now
             state = self.read_state()
+        if wait_started is not None:
+            self.waited_for_lock += self.clock() - wait_started
         result.update(changed=changed, state_after=state, commands=self.commands,
                       waited_for_lock_seconds=round(self.waited_for_lock, 1))
         result["diff"] = {"before": summarize(before), "after": summarize(state)}
         return result
 
-
-def _fingerprint(state):
-    return (state["needs_bootstrap"], sorted((k, tuple(v)) for k, v in state["executed"].items()),
-            sorted((k, tuple(v)) for k, v in state["pending"].items()),
-            sorted((k, tuple(v)) for k, v in state["new"].items()))
+    def _live_lock(self):
+        """The `migrations` lock row when another node holds it now (not expired), else None."""
+        holder = self.lock_reader() if self.lock_reader else None
+        if not holder or holder.get("expired"):
+            return None
+        return holder
 
 
 def _predicted_summary(before, planned):

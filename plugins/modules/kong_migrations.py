@@ -18,8 +18,11 @@ description:
   - V(up) is the expand phase (new migrations applied, teardowns left pending, the database still
     serves the old version X); V(finished) is the contract phase and the point of no return
     (after it, nodes of version X no longer work on this database).
-  - "When Kong prints C(aborted: another node is performing database changes) (exit code 0, nothing
-    ran), the module waits for the other node and re-reads the state, up to O(lock_wait_timeout)."
+  - "When another node holds the migration lock (a live C(migrations) row in the C(locks) table, read with
+    C(psql) where it is installed), or Kong prints C(aborted: another node is performing database changes)
+    (exit code 0, nothing ran), the module waits for the other node and re-reads the state, up to
+    O(lock_wait_timeout); it never deletes a lock row. An expired row (a crashed node's) does not hold it up:
+    Kong removes it when it takes the lock."
 author:
   - kongops.upgrade maintainers (@kongops)
 extends_documentation_fragment:
@@ -51,7 +54,10 @@ options:
     default: false
   lock_wait_timeout:
     description:
-      - Seconds to wait for another node that holds the migration lock before failing.
+      - Seconds to wait for another node that holds the migration lock before failing. The failure names
+        the lock's owner and expiry.
+      - With C(psql) on the node, the lock is read before each command, so this also bounds the wait of
+        C(up), which otherwise blocks inside Kong for its whole O(lock_timeout).
     type: int
     default: 120
 attributes:
@@ -59,8 +65,8 @@ attributes:
     support: full
     details:
       - The state is read and the commands that would run are returned in RV(planned). Whether an V(up)
-        leaves migrations pending is not visible before it runs, so with O(state=finished) a final
-        C(finish) after an V(up) is not predicted.
+        leaves migrations pending is not visible before it runs, so with O(state=finished) the C(finish)
+        after an V(up) is listed as C(migrations finish (if up leaves migrations pending)).
   diff_mode:
     support: full
     details:
@@ -130,11 +136,14 @@ state_after:
   returned: always
   type: dict
 planned:
-  description: The C(kong migrations) subcommands the state called for when the module started.
+  description:
+    - The C(kong migrations) subcommands the state called for when the module started.
+    - A C(finish) that runs only when the C(up) before it leaves migrations pending ends in
+      C( (if up leaves migrations pending)).
   returned: always
   type: list
   elements: str
-  sample: ["migrations up"]
+  sample: ["migrations up", "migrations finish (if up leaves migrations pending)"]
 commands:
   description: The commands that changed something or were attempted, with their output.
   returned: always

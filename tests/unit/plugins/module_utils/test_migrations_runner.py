@@ -90,7 +90,8 @@ def test_check_mode_predicts_without_running():
     cli = FakeCli([PENDING_AND_NEW])
     result = MigrationsRunner(cli, "finished").ensure(check_mode=True)
     assert cli.ran == []
-    assert result["changed"] and result["planned"] == ["migrations finish", "migrations up"]
+    assert result["changed"] and result["planned"] == ["migrations finish", "migrations up",
+                                                "migrations finish (if up leaves migrations pending)"]
 
 
 def test_aborted_waits_for_the_other_node_then_sees_its_work():
@@ -120,7 +121,7 @@ def test_aborted_past_the_deadline_fails_clearly():
     clock = iter(range(0, 10000, 30))
     runner = MigrationsRunner(cli, "finished", lock_wait_timeout=60, clock=lambda: next(clock),
                               sleep=lambda _s: None)
-    with pytest.raises(MigrationsError, match=r"for 60 s \(lock_wait_timeout\)"):
+    with pytest.raises(MigrationsError, match=r"after \d+ s of waiting \(lock_wait_timeout=60\)"):
         runner.ensure()
 
 
@@ -129,3 +130,41 @@ def test_failed_command_reports_kongs_error_line():
     cli = FakeCli([NEW], outputs={"up": (1, "", err)})
     with pytest.raises(MigrationsError, match="pending migrations; run 'kong migrations finish'"):
         MigrationsRunner(cli, "up").ensure()
+
+
+def test_a_live_lock_is_waited_on_before_anything_runs():
+    """`up` would block inside Kong for its whole --lock-timeout: the runner waits itself."""
+    holder = {"owner": "node-b", "ttl": "2026-01-01 00:01:00+00", "expired": False}
+    locks = [holder, holder, None]
+    cli = FakeCli([NEW, NEW, NEW, PENDING])
+    clock = iter(range(0, 1000, 1))
+    runner = MigrationsRunner(cli, "up", clock=lambda: next(clock), sleep=lambda _s: None,
+                              lock_reader=lambda: locks.pop(0) if len(locks) > 1 else locks[0])
+    result = runner.ensure()
+    assert cli.ran == ["migrations up"]
+    assert result["changed"] and result["waited_for_lock_seconds"] > 0
+
+
+def test_a_live_lock_past_the_deadline_names_owner_and_expiry():
+    holder = {"owner": "node-b", "ttl": "2026-01-01 00:01:00+00", "expired": False}
+    cli = FakeCli([NEW])
+    clock = iter(range(0, 1000, 2))
+    runner = MigrationsRunner(cli, "up", lock_wait_timeout=5, clock=lambda: next(clock), sleep=lambda _s: None,
+                              lock_reader=lambda: holder)
+    with pytest.raises(MigrationsError, match="another node holds the migrations lock.*owner node-b until "
+                                              "2026-01-01 00:01:00"):
+        runner.ensure()
+    assert cli.ran == []
+
+
+def test_an_expired_lock_does_not_hold_anything_up():
+    expired = {"owner": "dead-node", "ttl": "2020-01-01 00:00:00+00", "expired": True}
+    cli = FakeCli([NEW, PENDING])
+    result = MigrationsRunner(cli, "up", lock_reader=lambda: expired).ensure()
+    assert cli.ran == ["migrations up"] and result["waited_for_lock_seconds"] == 0
+
+
+def test_check_mode_marks_the_finish_after_up_as_conditional():
+    cli = FakeCli([NEW])
+    result = MigrationsRunner(cli, "finished").ensure(check_mode=True)
+    assert result["planned"] == ["migrations up", "migrations finish (if up leaves migrations pending)"]
