@@ -87,7 +87,8 @@ def prometheus_counters(text):
             totals["errors"] += value
             if labels.get("source") == "service":
                 totals["upstream_errors"] += value
-            elif labels.get("source") == "kong":
+            elif "source" in labels:
+                # 3.x: anything Kong answered itself ("kong"), not only what the upstream sent.
                 totals["gateway_errors"] += value
     if not found:
         raise GateError("no kong_http_requests_total (3.x) or kong_http_status (2.x) in the metrics; enable the "

@@ -637,6 +637,9 @@ class Node:
         from . import status  # pylint: disable=import-outside-toplevel
 
         self.metrics = status.Metrics(self)
+        from .faults import Faults  # pylint: disable=import-outside-toplevel
+
+        self.faults = Faults(prefix)
         self.admin_app: Any = None
         self.hybrid: Any = None
         self.proxy_app: Any = None

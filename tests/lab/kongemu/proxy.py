@@ -449,7 +449,7 @@ class ProxyApp:
         if node.config_error is not None or router is None:
             response = self.kong_response(500, "An unexpected error occurred", start,
                                           request_id=rid)
-            node.metrics.observe("", "", response.status, "error", 0.0, 0.0)
+            node.metrics.observe("", "", response.status, "kong", 0.0, 0.0)
             node.proxy_access.write(request, response)
             return response
         hmap = request.header_map()
@@ -458,7 +458,7 @@ class ProxyApp:
         if match is None:
             response = self.kong_response(404, "no Route matched with those values", start,
                                           request_id=rid)
-            node.metrics.observe("", "", 404, "exit", 0.0, 0.0)
+            node.metrics.observe("", "", 404, "kong", 0.0, 0.0)
             node.proxy_access.write(request, response)
             return response
         route, service = match.route, match.service
@@ -468,13 +468,13 @@ class ProxyApp:
             response = self.kong_response(route.https_redirect_status_code,
                                           "Please use HTTPS protocol", start,
                                           request_id=rid)
-            node.metrics.observe(svc_name, route_name, response.status, "exit", 0.0, 0.0)
+            node.metrics.observe(svc_name, route_name, response.status, "kong", 0.0, 0.0)
             node.proxy_access.write(request, response)
             return response
         if service is None:
             response = self.kong_response(503, "no Service found with those values", start,
                                           request_id=rid)
-            node.metrics.observe("", route_name, 503, "exit", 0.0, 0.0)
+            node.metrics.observe("", route_name, 503, "kong", 0.0, 0.0)
             node.proxy_access.write(request, response)
             return response
         upstream_headers = list(request.headers)
@@ -484,9 +484,17 @@ class ProxyApp:
             denied, upstream_headers, query = self._key_auth(
                 auth, router, request, upstream_headers, query, start, rid)
             if denied is not None:
-                node.metrics.observe(svc_name, route_name, denied.status, "exit", 0.0, 0.0)
+                node.metrics.observe(svc_name, route_name, denied.status, "kong", 0.0, 0.0)
                 node.proxy_access.write(request, denied)
                 return denied
+        faults = getattr(node, "faults", None)
+        fault = faults.next_fault() if faults is not None else None
+        if fault is not None:
+            # Test-only fault injection (kongemu.faults): Kong itself answers 5xx.
+            response = self.kong_response(fault.status, fault.message, start, request_id=rid)
+            node.metrics.observe(svc_name, route_name, fault.status, "kong", 0.0, 0.0)
+            node.proxy_access.write(request, response)
+            return response
         response = self._forward(request, route, service, match.matched_path, upstream_headers,
                                  query, start, rid, router, svc_name, route_name)
         node.proxy_access.write(request, response)
@@ -592,7 +600,7 @@ class ProxyApp:
             if balancer is not None:
                 target = balancer.pick()
                 if target is None:
-                    node.metrics.observe(svc_name, route_name, 503, "error", 0.0, 0.0)
+                    node.metrics.observe(svc_name, route_name, 503, "kong", 0.0, 0.0)
                     return self.kong_response(503, "failure to get a peer from the ring-balancer",
                                               start, request_id=rid)
                 host, port = target.host, target.port
@@ -612,7 +620,7 @@ class ProxyApp:
                 last_error = exc
                 node.log.error(f"upstream timed out while reading response header from "
                                f"upstream, upstream: \"http://{host}:{port}{uri}\"")
-                node.metrics.observe(svc_name, route_name, 504, "error", 0.0, 0.0)
+                node.metrics.observe(svc_name, route_name, 504, "kong", 0.0, 0.0)
                 return self.kong_response(504, "The upstream server is timing out", start,
                                           request_id=rid)
             except (OSError, http.client.HTTPException) as exc:
@@ -626,7 +634,7 @@ class ProxyApp:
             return self._client_response(status, resp_headers, body, proxy_latency,
                                          upstream_latency, rid, svc_name, route_name)
         del last_error
-        node.metrics.observe(svc_name, route_name, 502, "error", proxy_latency, 0.0)
+        node.metrics.observe(svc_name, route_name, 502, "kong", proxy_latency, 0.0)
         return self.kong_response(502, "An invalid response was received from the upstream "
                                   "server", start, request_id=rid)
 
