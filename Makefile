@@ -16,7 +16,11 @@ help:
 	@echo "make test    every check and test: ruff, ansible-lint, ansible-test sanity, pytest"
 	@echo "make setup   only install what the two above need (apt packages, $(VENV))"
 
-setup: system-packages $(STAMP)
+setup: system-packages $(STAMP) build/collections/ansible_collections/kongops/upgrade
+
+build/collections/ansible_collections/kongops/upgrade:
+	@mkdir -p build/collections/ansible_collections/kongops
+	@ln -sfn ../../../.. $@
 
 system-packages:
 	@tests/lab/setup-system.sh
