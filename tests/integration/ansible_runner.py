@@ -1,11 +1,12 @@
 """Run the collection's modules through Ansible itself, as a user would, and read the JSON result.
 
-Modules are called with `ansible localhost -m kongops.upgrade.<name>`, the collection found
-through a temporary `ansible_collections/kongops/upgrade` link to this checkout, and the
-result registered and written to a private file by a second task (ansible-core has no json
-stdout callback of its own). Arguments go in a file (`-a @file` is not
-supported by ad-hoc, so a one-task playbook is used), never on a command line, because they
-may hold secrets.
+Modules are called as the tasks of a small playbook on localhost (`kongops.upgrade.<name>`),
+the collection found through a temporary `ansible_collections/kongops/upgrade` link to this
+checkout, and the results registered and written to a private file by a last task
+(ansible-core has no json stdout callback of its own). Arguments go in the playbook file,
+never on a command line, because they may hold secrets. Check mode is set per task
+(`check_mode: true`), which is what `--check` sets for every task, so the four runs of
+`four_ways` share one ansible-playbook start.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +55,20 @@ def ansible_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+@dataclass(frozen=True)
+class RunRecord:
+    """One module run as Ansible showed it: the registered result and ansible-playbook's output."""
+
+    name: str
+    result_text: str
+    stdout: str
+    stderr: str
+
+
+# Every run of this process, in order (the integration tests check them for secrets).
+RUN_LOG: list[RunRecord] = []
+
+
 class ModuleResult(dict):
     """A module's result; `.failed` and `.changed` for readability."""
 
@@ -65,32 +81,45 @@ class ModuleResult(dict):
         return bool(self.get("changed"))
 
 
-def run_module(name: str, args: dict[str, Any], check: bool = False, diff: bool = False,
-               timeout: float = 600, env: dict[str, str] | None = None) -> ModuleResult:
-    """Run `kongops.upgrade.<name>` once on localhost and return its result."""
+def run_sequence(name: str, runs: list[tuple[dict[str, Any], bool]], diff: bool = False, timeout: float = 600,
+                 env: dict[str, str] | None = None) -> list[ModuleResult]:
+    """Run `kongops.upgrade.<name>` once per ``(args, check_mode)`` in ``runs``, in order, as the tasks of
+    one playbook (each task is its own module run; one ansible-playbook start for all), and return
+    their results. A failed task does not stop the ones after it."""
     with tempfile.TemporaryDirectory(prefix="kongops-task-") as tmp:
         playbook = Path(tmp) / "task.yml"
         out = Path(tmp) / "result.json"
-        play = [{"hosts": "localhost", "gather_facts": False, "connection": "local",
-                 "tasks": [{"name": name, f"kongops.upgrade.{name}": args, "ignore_errors": True,
-                            "register": "kongops_result"},
-                           {"name": "Write the result", "ansible.builtin.copy": {
-                               "content": "{{ kongops_result | to_json }}", "dest": str(out), "mode": "0600"},
-                            "check_mode": False, "diff": False}]}]
+        tasks: list[dict[str, Any]] = []
+        for index, (args, check) in enumerate(runs):
+            tasks.append({"name": f"{name} #{index + 1}{' (check mode)' if check else ''}",
+                          f"kongops.upgrade.{name}": args, "ignore_errors": True, "check_mode": bool(check),
+                          "diff": diff, "register": f"kongops_result_{index}"})
+        results = "[" + ", ".join(f"kongops_result_{i}" for i in range(len(runs))) + "]"
+        tasks.append({"name": "Write the results", "ansible.builtin.copy": {
+            "content": "{{ " + results + " | to_json }}", "dest": str(out), "mode": "0600"},
+            "check_mode": False, "diff": False})
+        play = [{"hosts": "localhost", "gather_facts": False, "connection": "local", "tasks": tasks}]
         playbook.write_text(yaml.safe_dump(play), encoding="utf-8")
         os.chmod(playbook, 0o600)
         argv = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,", str(playbook)]
-        if check:
-            argv.append("--check")
-        if diff:
-            argv.append("--diff")
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=ansible_env(env), check=False)
         try:
-            result = json.loads(out.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
+            text = out.read_text(encoding="utf-8")
+        except OSError:
+            text = ""
+        RUN_LOG.append(RunRecord(name, text, proc.stdout, proc.stderr))
+        try:
+            decoded = json.loads(text)
+        except ValueError as exc:
             raise AssertionError(f"ansible-playbook gave no result for {name} (rc={proc.returncode}):\n"
                                  f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}") from exc
-    return ModuleResult(result)
+    return [ModuleResult(item) for item in decoded]
+
+
+def run_module(name: str, args: dict[str, Any], check: bool = False, diff: bool = False,
+               timeout: float = 600, env: dict[str, str] | None = None) -> ModuleResult:
+    """Run `kongops.upgrade.<name>` once on localhost and return its result."""
+    return run_sequence(name, [(args, check)], diff=diff, timeout=timeout, env=env)[0]
 
 
 def four_ways(name: str, args: dict[str, Any], expect_change: bool = True) -> list[ModuleResult]:
@@ -99,10 +128,8 @@ def four_ways(name: str, args: dict[str, Any], expect_change: bool = True) -> li
     Asserts the check-mode prediction equals the real outcome and both second runs report
     no change; returns the four results for further assertions.
     """
-    check1 = run_module(name, args, check=True, diff=True)
-    real1 = run_module(name, args, diff=True)
-    check2 = run_module(name, args, check=True, diff=True)
-    real2 = run_module(name, args, diff=True)
+    check1, real1, check2, real2 = run_sequence(name, [(args, True), (args, False), (args, True), (args, False)],
+                                                diff=True)
     for label, result in (("check", check1), ("real", real1), ("check again", check2), ("real again", real2)):
         assert not result.failed, f"{name} {label} failed: {result.get('msg')}"
     assert check1.changed == expect_change, f"{name} check mode predicted changed={check1.changed}"
