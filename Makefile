@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 .PHONY: help setup system-packages demo test lint ruff ansible-lint sanity pytest lab-down clean
 
 help:
-	@echo "make demo    bring up the lab, run traffic through it, print the summary, tear it down"
+	@echo "make demo    lab up (3.9.1 -> 3.10.0), dual-cluster upgrade under load, report, lab down"
 	@echo "make test    every check and test: ruff, ansible-lint, ansible-test sanity, pytest"
 	@echo "make setup   only install what the two above need (apt packages, $(VENV))"
 
@@ -32,9 +32,7 @@ $(STAMP): requirements-dev.txt
 	@rm -f $(VENV)/.installed-* && touch $@
 
 demo: setup
-	@$(LAB) up; rc=0; \
-	  $(LAB) load --duration 20 || rc=$$?; \
-	  $(LAB) down; exit $$rc
+	@tests/lab/demo.sh
 
 test: setup lint sanity pytest
 
