@@ -194,7 +194,7 @@ class Backup:
             raise BackupError("backup metadata %s is missing or unreadable: %s" % (self.paths.meta, exc)) from exc
 
     def verify(self):
-        """Checksum and `pg_restore --list`; returns the metadata. Raises BackupError."""
+        """Checksum, `pg_restore --list` and a full read of the archive; returns the metadata. Raises BackupError."""
         if not os.path.exists(self.paths.dump):
             raise BackupError("backup %s not found" % self.paths.dump)
         meta = self.read_meta()
@@ -215,6 +215,12 @@ class Backup:
         if missing:
             raise BackupError("backup %s has no data for tables %s recorded in its metadata"
                               % (self.paths.dump, ", ".join(missing)))
+        # `--list` reads only the table of contents; reading every data block (a restore into
+        # /dev/null) is what finds a dump that was truncated or damaged before its checksum was taken.
+        rc, out, err = self.pg.run([self.pg.tool("pg_restore"), "--file", os.devnull, self.paths.dump])
+        if rc != 0:
+            raise BackupError("pg_restore cannot read every data block of %s (%s): the dump is damaged or "
+                              "incomplete; take a new backup" % (self.paths.dump, (err or out).strip()))
         meta["checksum"] = actual
         return meta
 

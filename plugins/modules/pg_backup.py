@@ -13,8 +13,10 @@ description:
   - V(present) takes a dump with C(pg_dump) (custom format, or directory format with parallel jobs) and writes,
     beside it, a checksum file and a metadata JSON (server and client versions, database, size, time, label,
     a snapshot of Kong's C(schema_meta), and the row count of every table, taken from the same snapshot as the dump).
-  - A backup is verified (checksum and C(pg_restore --list)) before the module reports success. An existing
-    verified backup with the same O(label) is reused unless O(force).
+  - A backup is verified before the module reports success, and before it is reused or restored, by its checksum,
+    C(pg_restore --list) (a table of contents with data for every table counted in the metadata), and a full read
+    of every data block (C(pg_restore --file /dev/null)), which finds a dump truncated or damaged before its
+    checksum was taken. An existing verified backup with the same O(label) is reused unless O(force).
   - V(restored) verifies a backup, then restores it into O(target_database), creating that database when it is
     missing, and checks every table's row count against the metadata. A restored database is marked (a database
     comment naming the backup and its checksum), so running again changes nothing.
@@ -125,7 +127,7 @@ metadata:
   returned: when the backup exists or was taken
   type: dict
 verified:
-  description: Whether the backup passed checksum and C(pg_restore --list) verification.
+  description: Whether the backup passed verification (checksum, C(pg_restore --list), full read of the archive).
   returned: always
   type: bool
 reused:
