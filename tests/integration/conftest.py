@@ -94,7 +94,7 @@ class Lab:
         conn = self.connect(database)
         try:
             with conn.cursor() as cur:
-                cur.execute(statement, params)
+                cur.execute(statement, params or None)
                 return list(cur.fetchall()) if cur.description else []
         finally:
             conn.close()
@@ -280,8 +280,9 @@ class _LabManager:
         self.current = (up_args, lab, stack)
         return lab
 
-    def close(self) -> None:
-        if self.current is None:
+    def close(self, only: Lab | None = None) -> None:
+        """Close the open lab (only when it is ``only``, if given)."""
+        if self.current is None or (only is not None and self.current[1] is not only):
             return
         _args, lab, stack = self.current
         self.current = None
@@ -306,7 +307,7 @@ def lab_session(*up_args: str) -> Iterator[Lab]:
     try:
         yield lab
     finally:
-        MANAGER.close()
+        MANAGER.close(only=lab)
 
 
 def lab_processes(run_dir: Path) -> list[int]:

@@ -1,0 +1,204 @@
+"""kong_config_freeze on the lab: every writer is rejected while frozen (Admin API of an X and of a
+Y node, direct SQL), Kong's migrations still run, the freeze travels inside a dump, and thaw
+opens writes again. The tests run in order on one lab and build on each other.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import psycopg2
+import pytest
+from ansible_runner import four_ways, run_module
+from conftest import http_request, lab_session, poll
+
+X, Y = "3.9.1", "3.10.0"
+RUN = "it-upgrade-42"
+REASON = "integration test upgrade"
+FROZEN_MESSAGE = "Kong configuration is frozen for an upgrade"
+
+
+def insert_service(name):
+    return ("INSERT INTO services (id, ws_id, name, host, port, protocol) SELECT gen_random_uuid(), id, "
+            f"'{name}', 'example.test', 80, 'http' FROM workspaces LIMIT 1")
+
+
+@pytest.fixture(scope="module")
+def lab():
+    with lab_session("--x-version", X, "--y-version", Y, "--x-nodes", "1", "--y-nodes", "1",
+                     "--seed-size", "200") as lab:
+        yield lab
+
+
+@pytest.fixture(scope="module")
+def seen():
+    """Values a test hands to the next one (fingerprints)."""
+    return {}
+
+
+def freeze_args(lab, state, database=None, **extra):
+    return {**lab.pg_args(database), "state": state, "run_id": RUN, "reason": REASON, **extra}
+
+
+def admin(lab, node):
+    return lab.host(node)["kong_admin_url"]
+
+
+def assert_admin_write_rejected(lab, node, name):
+    status, body = http_request(admin(lab, node) + "/services", "POST", {"name": name, "url": "http://127.0.0.1:9"})
+    assert status == 500, (status, body)
+    assert http_request(admin(lab, node) + f"/services/{name}")[0] == 404
+    status, _body = http_request(admin(lab, node) + "/services/svc1", "DELETE")
+    assert status == 500
+    assert http_request(admin(lab, node) + "/services/svc1")[0] == 200
+    log = Path(lab.host(node)["kong_prefix"]) / "logs" / "error.log"
+    poll(lambda: FROZEN_MESSAGE in log.read_text(encoding="utf-8") and RUN in log.read_text(encoding="utf-8"),
+         5, f"the freeze message in {node}'s error.log")
+
+
+def assert_sql_rejected(lab, statement, database=None):
+    with pytest.raises(psycopg2.Error) as info:
+        lab.sql(statement, database=database)
+    assert info.value.pgcode == "25006"  # read_only_sql_transaction
+    assert FROZEN_MESSAGE in str(info.value) and f"by run {RUN}" in str(info.value)
+    assert REASON in (info.value.diag.message_hint or "")
+
+
+def test_freeze_four_ways(lab, seen):
+    results = four_ways("kong_config_freeze", freeze_args(lab, "frozen"))
+    check, real = results[0], results[1]
+    assert check["frozen"] and real["frozen"] and real["enforced"]
+    assert real["run_id"] == RUN and real["frozen_at"].endswith("Z")
+    assert {"services", "routes", "consumers", "plugins", "keyauth_credentials"} <= set(real["guarded_tables"])
+    assert not {"locks", "schema_meta", "cluster_events"} & set(real["guarded_tables"])
+    assert real["newly_guarded"] == real["guarded_tables"] and results[3]["newly_guarded"] == []
+    assert real["fingerprint"]["counts"]["services"] > 0
+    assert results[3]["fingerprint"] == real["fingerprint"]
+    assert "frozen: True" in real["diff"]["after"]
+    seen["first"] = real["fingerprint"]
+
+
+def test_admin_api_writes_of_an_x_node_are_rejected(lab):
+    assert_admin_write_rejected(lab, "x1", "frozen-by-x")
+
+
+def test_direct_sql_writes_are_rejected_and_runtime_tables_stay_writable(lab):
+    assert_sql_rejected(lab, insert_service("sql-write"))
+    assert_sql_rejected(lab, "UPDATE routes SET name = name")
+    assert_sql_rejected(lab, "DELETE FROM consumers")
+    assert_sql_rejected(lab, "TRUNCATE plugins CASCADE")
+    lab.sql("INSERT INTO cluster_events (id, node_id, at, expire_at, channel, data) "
+            "VALUES (gen_random_uuid(), gen_random_uuid(), now(), now() + interval '1 hour', 'it', 'runtime write')")
+    lab.sql("DELETE FROM cluster_events WHERE channel = 'it'")
+
+
+def test_migrations_up_runs_while_frozen_and_y_node_writes_are_rejected(lab):
+    y1 = lab.host("y1")
+    up = run_module("kong_migrations", {"kong_executable": y1["kong_executable"],
+                                        "conf": lab.host("x1")["kong_conf_path"], "state": "up"})
+    assert not up.failed, up.get("msg")
+    assert up.changed and up["state_after"]["state"] in ("pending", "up_to_date")
+    lab.start_node("y1")
+    status, body = http_request(admin(lab, "y1") + "/")
+    assert status == 200 and body["version"] == Y
+    assert_admin_write_rejected(lab, "y1", "frozen-by-y")
+
+
+def test_verified_after_up_proves_nothing_changed(lab, seen):
+    result = run_module("kong_config_freeze", freeze_args(lab, "verified"))
+    assert not result.failed, result.get("msg")
+    assert result["unchanged"]["unchanged"] and result["differences"] == {}
+    assert result["fingerprint"]["keys_hash"] == seen["first"]["keys_hash"]
+    assert set(result["guarded_tables"]) >= set(result["newly_guarded"])
+
+
+def test_thaw_four_ways_then_every_writer_is_accepted(lab):
+    results = four_ways("kong_config_freeze", freeze_args(lab, "thawed"))
+    assert not results[1]["frozen"] and results[1]["guarded_tables"] == []
+    for node in ("x1", "y1"):
+        status, body = http_request(admin(lab, node) + "/services", "POST",
+                                    {"name": f"after-thaw-{node}", "url": "http://127.0.0.1:9"})
+        assert status == 201, (node, status, body)
+    lab.sql("UPDATE services SET retries = 4 WHERE name = 'after-thaw-x1'")
+    assert lab.sql("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'kongops_freeze%'") == [(0,)]
+    assert lab.sql("SELECT to_regclass('kongops_freeze') IS NULL") == [(True,)]
+
+
+def test_a_write_made_before_the_next_freeze_changes_the_fingerprint(lab, seen):
+    result = run_module("kong_config_freeze", freeze_args(lab, "frozen"))
+    assert not result.failed and result.changed
+    second = result["fingerprint"]
+    assert second["hash"] != seen["first"]["hash"] and second["keys_hash"] != seen["first"]["keys_hash"]
+    assert second["counts"]["services"] == seen["first"]["counts"]["services"] + 2
+    seen["second"] = second
+
+
+def test_migrations_finish_runs_while_frozen(lab, seen):
+    finish = run_module("kong_migrations", {"kong_executable": lab.host("y1")["kong_executable"],
+                                            "conf": lab.host("x1")["kong_conf_path"], "state": "finished"})
+    assert not finish.failed, finish.get("msg")
+    assert finish["state_after"]["state"] == "up_to_date"
+    verified = run_module("kong_config_freeze", freeze_args(lab, "verified"))
+    assert not verified.failed and verified["unchanged"]["unchanged"], verified.get("msg")
+    assert verified["fingerprint"]["keys_hash"] == seen["second"]["keys_hash"]
+    assert_sql_rejected(lab, "DELETE FROM routes")
+
+
+def test_the_freeze_travels_into_a_restored_database_with_the_same_fingerprint(lab, seen):
+    backup = {**lab.pg_args(), "backup_dir": str(lab.run_dir / "backups" / "freeze"), "label": "frozen"}
+    taken = run_module("pg_backup", backup)
+    assert not taken.failed and taken["verified"], taken.get("msg")
+    restored = run_module("pg_backup", {**backup, "state": "restored", "target_database": "kong_y"})
+    assert not restored.failed and restored.changed, restored.get("msg")
+    status = run_module("kong_config_freeze", freeze_args(lab, "status", database="kong_y", compare_database="kong"))
+    assert not status.failed, status.get("msg")
+    assert status["frozen"] and status["run_id"] == RUN
+    assert status["differences"] == {}
+    assert status["fingerprint"]["hash"] == status["compare_fingerprint"]["hash"] == seen["second"]["hash"]
+    assert_sql_rejected(lab, "DELETE FROM services", database="kong_y")
+
+
+def test_a_write_into_one_database_shows_in_the_comparison(lab):
+    thawed = run_module("kong_config_freeze", freeze_args(lab, "thawed", database="kong_y"))
+    assert not thawed.failed and thawed.changed and not thawed["frozen"]
+    lab.sql(insert_service("only-in-y"), database="kong_y")
+    compared = run_module("kong_config_freeze", freeze_args(lab, "status", database="kong_y", compare_database="kong"))
+    assert compared.failed and "do not hold the same configuration" in compared["msg"]
+    assert "services" in compared["differences"]
+    thawed = run_module("kong_config_freeze", freeze_args(lab, "thawed"))
+    assert not thawed.failed and not thawed["frozen"]
+    for database in ("kong", "kong_y"):
+        assert lab.sql("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'kongops_freeze%'",
+                       database=database) == [(0,)]
+        assert lab.sql("SELECT count(*) FROM pg_proc WHERE proname = 'kongops_freeze_guard'",
+                       database=database) == [(0,)]
+
+
+@pytest.fixture(scope="module")
+def dbless_lab():
+    with lab_session("--mode", "dbless", "--x-version", X, "--y-version", Y, "--x-nodes", "1",
+                     "--y-nodes", "0") as lab:
+        yield lab
+
+
+def test_a_dbless_node_gets_a_fingerprint_but_no_enforcement(dbless_lab):
+    x1 = dbless_lab.host("x1")
+    args = {"mode": "dbless", "admin_url": x1["kong_admin_url"], "state": "frozen"}
+    results = four_ways("kong_config_freeze", args, expect_change=False)
+    real = results[1]
+    assert real["enforced"] is False and real["frozen"] is False
+    _status, node_status = http_request(x1["kong_admin_url"] + "/status")
+    assert real["fingerprint"]["hash"] == node_status["configuration_hash"]
+    verified = run_module("kong_config_freeze", {"mode": "dbless", "admin_url": x1["kong_admin_url"],
+                                                 "state": "verified",
+                                                 "expected_fingerprint": real["fingerprint"]["hash"]})
+    assert not verified.failed and verified["unchanged"]["unchanged"]
+    # Nothing stops a DB-less node from taking a new configuration; verified notices it.
+    status, body = http_request(x1["kong_admin_url"] + "/config", "POST", {
+        "_format_version": "3.0", "services": [{"name": "changed", "url": "http://127.0.0.1:9"}]})
+    assert status == 201, body
+    changed = run_module("kong_config_freeze", {"mode": "dbless", "admin_url": x1["kong_admin_url"],
+                                                "state": "verified",
+                                                "expected_fingerprint": real["fingerprint"]["hash"]})
+    assert changed.failed and "changed" in changed["msg"]
+    assert changed["fingerprint"]["hash"] != real["fingerprint"]["hash"]

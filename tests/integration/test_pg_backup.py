@@ -1,0 +1,170 @@
+"""pg_backup on the lab: a verified dump of a 10,000-entity Kong database, its restore, and refusals."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+from ansible_runner import four_ways, run_module
+from conftest import lab_session
+
+SEED = 10000
+SEED_SIZE = 10200  # `lab up --seed-size` is approximate; this gives more than SEED entities
+LABEL = "pre-upgrade"
+ENTITY_TABLES = ("services", "routes", "consumers", "plugins", "keyauth_credentials", "upstreams", "targets")
+
+
+@pytest.fixture(scope="module")
+def lab():
+    with lab_session("--x-version", "3.9.1", "--y-version", "3.10.0", "--x-nodes", "1", "--y-nodes", "1",
+                     "--seed-size", str(SEED_SIZE)) as lab:
+        yield lab
+
+
+@pytest.fixture(scope="module")
+def backup_dir(lab):
+    return lab.run_dir / "backups" / "kong"
+
+
+def args(lab, backup_dir, **extra):
+    return {**lab.pg_args(), "backup_dir": str(backup_dir), "label": LABEL, **extra}
+
+
+def sha256(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def counts(lab, tables, database=None):
+    return {t: lab.sql(f'SELECT count(*) FROM "{t}"', database=database)[0][0] for t in tables}
+
+
+def mode(path):
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_present_takes_a_verified_backup_of_10000_entities(lab, backup_dir):
+    results = four_ways("pg_backup", args(lab, backup_dir))
+    check, real, check_again, real_again = results
+    assert not check["verified"] and not check["reused"]
+    assert real["verified"] and not real["reused"]
+    assert check_again["reused"] and real_again["reused"] and real_again["checksum"] == real["checksum"]
+    meta = real["metadata"]
+    dump = backup_dir / f"{LABEL}.dump"
+    assert real["dump_path"] == str(dump)
+    assert real["checksum"] == sha256(dump) == meta["sha256"]
+    assert (backup_dir / f"{LABEL}.sha256").read_text().split()[0] == real["checksum"]
+    on_disk = json.loads((backup_dir / f"{LABEL}.meta.json").read_text())
+    assert on_disk["row_counts"] == meta["row_counts"] and on_disk["label"] == LABEL
+    entities = sum(meta["row_counts"][t] for t in ENTITY_TABLES)
+    assert entities >= SEED
+    assert {k: v for k, v in meta["row_counts"].items() if k in ENTITY_TABLES} == counts(lab, ENTITY_TABLES)
+    assert {row["subsystem"] for row in meta["schema_meta"]} >= {"core", "key-auth", "acme"}
+    assert meta["server_version_num"] >= 150000 and "pg_dump" in meta["client_version"]
+    assert mode(backup_dir) == 0o700
+    for name in (f"{LABEL}.dump", f"{LABEL}.sha256", f"{LABEL}.meta.json"):
+        assert mode(backup_dir / name) == 0o600, name
+
+
+def test_verified_checks_an_existing_backup(lab, backup_dir):
+    result = run_module("pg_backup", args(lab, backup_dir, state="verified"))
+    assert not result.failed and not result.changed
+    assert result["verified"] and result["checksum"] == sha256(backup_dir / f"{LABEL}.dump")
+
+
+def test_restored_into_a_new_database_has_the_same_rows(lab, backup_dir):
+    target = "kong_restored"
+    restore = args(lab, backup_dir, state="restored", target_database=target)
+    predicted = run_module("pg_backup", restore, check=True)
+    assert not predicted.failed and predicted.changed
+    assert lab.sql("SELECT count(*) FROM pg_database WHERE datname = %s", (target,), database="postgres") == [(0,)], \
+        "check mode must not create the target database"
+    results = four_ways("pg_backup", restore)
+    real = results[1]
+    meta = real["metadata"]
+    assert real["restored_row_counts"] == {t: n for t, n in real["restored_row_counts"].items()}
+    for table, n in meta["row_counts"].items():
+        assert real["restored_row_counts"][table] == n, table
+    assert counts(lab, ENTITY_TABLES, database=target) == counts(lab, ENTITY_TABLES)
+    assert LABEL in real["marker"] and meta["sha256"] in real["marker"]
+    assert results[2]["marker"] == results[3]["marker"] == real["marker"]
+
+
+def test_restore_refuses_a_database_that_holds_something_else(lab, backup_dir):
+    before = counts(lab, ENTITY_TABLES)
+    result = run_module("pg_backup", args(lab, backup_dir, state="restored", target_database="kong"))
+    assert result.failed and not result.changed
+    assert "already has" in result["msg"] and "Nothing was changed" in result["msg"] and "force" in result["msg"]
+    assert counts(lab, ENTITY_TABLES) == before
+
+
+def test_refuses_a_pg_dump_older_than_the_server(lab, backup_dir, tmp_path):
+    bindir = tmp_path / "old-pg-client-test-double"
+    bindir.mkdir()
+    double = bindir / "pg_dump"
+    double.write_text("#!/bin/sh\n"
+                      "# TEST DOUBLE for pg_backup's client version check: a pg_dump that reports PostgreSQL 13.\n"
+                      "if [ \"$1\" = --version ]; then echo 'pg_dump (PostgreSQL) 13.16 (kongops test double)'; "
+                      "exit 0; fi\n"
+                      "echo 'kongops test double: this pg_dump does not dump' >&2; exit 1\n", encoding="utf-8")
+    double.chmod(0o755)
+    for tool in ("psql", "pg_restore"):
+        (bindir / tool).symlink_to(shutil.which(tool))
+    refused = args(lab, backup_dir, label="old-client", pg_bin_dir=str(bindir))
+    for check in (True, False):
+        result = run_module("pg_backup", refused, check=check)
+        assert result.failed and not result.changed
+        assert "pg_dump is version 13" in result["msg"] and "server is PostgreSQL 15" in result["msg"]
+        assert "postgresql-client-15" in result["msg"]
+    assert not list(backup_dir.glob("old-client*"))
+
+
+def test_a_corrupted_dump_is_detected_and_never_reused(lab, backup_dir):
+    label = "corrupt"
+    taken = run_module("pg_backup", args(lab, backup_dir, label=label))
+    assert not taken.failed and taken["verified"]
+    dump = backup_dir / f"{label}.dump"
+    data = bytearray(dump.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 64] = bytes(b ^ 0xFF for b in data[middle:middle + 64])
+    dump.write_bytes(bytes(data))
+    corrupted = sha256(dump)
+    mtime = dump.stat().st_mtime_ns
+
+    verified = run_module("pg_backup", args(lab, backup_dir, label=label, state="verified"))
+    assert verified.failed and not verified["verified"]
+    assert "does not match its checksum" in verified["msg"]
+
+    for check in (True, False):
+        present = run_module("pg_backup", args(lab, backup_dir, label=label), check=check)
+        assert present.failed and not present.changed
+        assert "does not verify" in present["msg"] and "Nothing was changed" in present["msg"]
+        assert "force=true" in present["msg"]
+    assert sha256(dump) == corrupted and dump.stat().st_mtime_ns == mtime
+
+    restore = run_module("pg_backup", args(lab, backup_dir, label=label, state="restored",
+                                           target_database="kong_from_corrupt"))
+    assert restore.failed and "does not match its checksum" in restore["msg"]
+    assert lab.sql("SELECT count(*) FROM pg_database WHERE datname = 'kong_from_corrupt'", database="postgres") == [(0,)]
+
+    replaced = run_module("pg_backup", args(lab, backup_dir, label=label, force=True))
+    assert not replaced.failed and replaced.changed and replaced["verified"]
+    assert sha256(dump) == replaced["checksum"] != corrupted
+
+
+def test_a_truncated_dump_with_a_matching_checksum_is_detected(lab, backup_dir):
+    """Damage before the checksum was taken: `pg_restore --list` reads only the table of contents and
+    passes; the full read of the archive catches it."""
+    label = "truncated"
+    taken = run_module("pg_backup", args(lab, backup_dir, label=label))
+    assert not taken.failed
+    dump = backup_dir / f"{label}.dump"
+    dump.write_bytes(dump.read_bytes()[: dump.stat().st_size // 3])
+    (backup_dir / f"{label}.sha256").write_text(f"{sha256(dump)}  {dump.name}\n")
+    verified = run_module("pg_backup", args(lab, backup_dir, label=label, state="verified"))
+    assert verified.failed and not verified["verified"]
+    assert "cannot read every data block" in verified["msg"] and "end of file" in verified["msg"]
