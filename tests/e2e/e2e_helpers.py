@@ -11,14 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from ansible_runner import ansible_env  # tests/integration, put on sys.path by conftest.py
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
-for extra in (REPO / "tests" / "integration", REPO / "tests" / "lab" / "tests", REPO / "tests" / "lab"):
-    if str(extra) not in sys.path:
-        sys.path.insert(0, str(extra))
-
-from ansible_runner import ansible_env  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
 
 RECAP = re.compile(r"^localhost\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
 

@@ -190,16 +190,25 @@ class ComponentStatus:
 
 @contextlib.contextmanager
 def _lab_lock(run_dir: Path) -> Iterator[None]:
-    """Serialise up/down on one run directory (flock on its parent directory)."""
+    """Serialise up/down on one run directory (flock on `.<run dir name>.lock` beside it).
+
+    The lock file sits beside the run directory, not in it (`lab down` removes the run
+    directory), and is per run directory, so labs on other nets do not wait for each other.
+    """
     parent = run_dir.parent
     parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(parent, os.O_RDONLY)
+    lock_file = parent / f".{run_dir.name}.lock"
+    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
             raise LabError(f"another `lab up`/`lab down` is running on {run_dir}; wait for it") from exc
         yield
+        if not run_dir.exists():
+            # Nothing is left once the lab is down, not even its lock file.
+            with contextlib.suppress(FileNotFoundError):
+                lock_file.unlink()
     finally:
         os.close(fd)
 
