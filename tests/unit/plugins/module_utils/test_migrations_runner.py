@@ -90,8 +90,8 @@ def test_check_mode_predicts_without_running():
     cli = FakeCli([PENDING_AND_NEW])
     result = MigrationsRunner(cli, "finished").ensure(check_mode=True)
     assert cli.ran == []
-    assert result["changed"] and result["planned"] == ["migrations finish", "migrations up",
-                                                "migrations finish (if up leaves migrations pending)"]
+    assert result["changed"]
+    assert result["planned"] == ["migrations finish", "migrations up", "migrations finish (if up leaves migrations pending)"]
 
 
 def test_aborted_waits_for_the_other_node_then_sees_its_work():
