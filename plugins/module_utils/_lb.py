@@ -189,6 +189,12 @@ class HaproxyDriver:
                     result[row["svname"]] = 0
         return result
 
+    def busy(self, names):
+        """{server: current sessions} of the named servers that are up and still serve sessions."""
+        servers = self.read()
+        return {n: servers[n]["sessions"] for n in names if n in servers and servers[n]["sessions"] > 0
+                and servers[n].get("up", True)}
+
     def apply(self, changes):
         """Apply {server: {"weight": w, "admin_state": s}}; each key optional."""
         for name, change in changes.items():
@@ -230,15 +236,18 @@ class NginxDriver:
     """
 
     kind = "nginx"
-    max_weight = 100
+    max_weight = NGINX_MAX_WEIGHT
 
-    def __init__(self, module, upstream_file, nginx_binary="nginx", conf=None, prefix=None, pidfile=None):
+    def __init__(self, module, upstream_file, nginx_binary="nginx", conf=None, prefix=None, pidfile=None,
+                 error_log=None, reload_timeout=15.0):
         self.module = module
         self.upstream_file = upstream_file
         self.nginx_binary = nginx_binary
         self.conf = conf
         self.prefix = prefix
         self.pidfile = pidfile
+        self.error_log = error_log
+        self.reload_timeout = reload_timeout
 
     def _read_text(self):
         try:
@@ -307,7 +316,63 @@ class NginxDriver:
             argv += ["-p", self.prefix]
         if self.conf:
             argv += ["-c", self.conf]
+        if self.error_log:
+            argv += ["-e", self.error_log]
         return argv + extra
+
+    # -- the running master and its workers (Linux /proc), when the pid file is known ----------
+    def _master(self):
+        try:
+            with open(self.pidfile) as handle:
+                pid = int(handle.read().strip())
+        except (OSError, ValueError) as exc:
+            raise LbError("cannot read the NGINX pid file %s: %s; is NGINX running with that `pid`?"
+                          % (self.pidfile, exc)) from exc
+        if not os.path.exists("/proc/%d" % pid):
+            raise LbError("NGINX master %d from %s is not running" % (pid, self.pidfile))
+        return pid
+
+    def workers(self):
+        """(serving, shutting_down): pids of the master's worker processes, by their title."""
+        master = self._master()
+        serving, shutting_down = [], []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open("/proc/%s/stat" % entry) as handle:
+                    stat = handle.read()
+                with open("/proc/%s/cmdline" % entry, "rb") as handle:
+                    title = handle.read().replace(b"\0", b" ").decode("utf-8", "replace")
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[-1].split()
+            if len(fields) < 2 or fields[1] != str(master) or "worker process" not in title:
+                continue
+            (shutting_down if "shutting down" in title else serving).append(int(entry))
+        return sorted(serving), sorted(shutting_down)
+
+    def busy(self, names):
+        """Old workers still finishing requests after a reload (NGINX cannot say which server they talk
+        to, so every drained server waits for all of them); {} without the pid file."""
+        if not self.pidfile:
+            return {}
+        _serving, shutting_down = self.workers()
+        return {"nginx workers shutting down": len(shutting_down)} if shutting_down else {}
+
+    def _wait_reloaded(self, before):
+        """Wait until the master serves with new workers only: the reload took effect (a failed reload
+        leaves the old workers serving the old weights, though `nginx -s reload` exits 0)."""
+        deadline = time.monotonic() + self.reload_timeout
+        while True:
+            serving, _shutting_down = self.workers()
+            if serving and not set(serving) & set(before):
+                return
+            if time.monotonic() >= deadline:
+                raise LbError("NGINX did not start new workers within %s s of `nginx -s reload`, so the old upstream "
+                              "weights may still be in use; see NGINX's error log%s"
+                              % (self.reload_timeout, " %s" % self.error_log if self.error_log else ""))
+            time.sleep(0.05)
 
     def apply(self, changes):
         text = self._read_text()
@@ -334,20 +399,22 @@ class NginxDriver:
             raise LbError("nginx -t rejected the new upstream file, the previous one is back in place: %s"
                           % (err or out).strip())
         os.unlink(backup)
+        before = self.workers()[0] if self.pidfile else None
         rc, out, err = self.module.run_command(self._nginx_argv(["-s", "reload"]))
         if rc != 0:
             raise LbError("nginx -s reload failed (the new upstream file is written and valid): %s" % (err or out).strip())
+        if before is not None:
+            self._wait_reloaded(before)
         return True
 
 
-def wait_drained(driver, names, timeout, interval=0.5, clock=time.monotonic, sleep=time.sleep):
-    """Poll until every named server has zero current sessions; return the seconds waited."""
+def wait_drained(driver, names, timeout, interval=0.2, clock=time.monotonic, sleep=time.sleep):
+    """Poll ``driver.busy(names)`` until nothing is busy (HAProxy: the servers' current sessions;
+    NGINX: old workers finishing requests); return the seconds waited."""
     start = clock()
     deadline = start + timeout
     while True:
-        servers = driver.read()
-        busy = {n: servers[n]["sessions"] for n in names if n in servers and servers[n]["sessions"] > 0
-                and servers[n].get("up", True)}
+        busy = driver.busy(names)
         if not busy:
             return clock() - start
         if clock() >= deadline:

@@ -16,7 +16,9 @@ description:
     of traffic for Y (O(y_percent)), from which it computes per-server weights so the share is right
     whatever the pool sizes.
   - Drains servers (O(drain)) and waits until their current sessions reach zero, within O(drain_timeout).
-    A server that is already drained, in maintenance, or down is not waited on.
+    A server that is already drained, in maintenance, or down is not waited on. NGINX cannot count sessions per
+    server; there the module waits until the workers that served before the reload have finished their
+    requests (needs O(nginx_pidfile)).
   - A server or backend that does not exist is an error, raised before anything changes.
 author:
   - kongops.upgrade maintainers (@kongops)
@@ -65,6 +67,19 @@ options:
     description:
       - The NGINX prefix (C(-p)), when not the default.
     type: path
+  nginx_error_log:
+    description:
+      - The error log NGINX uses while it tests and reloads the configuration (C(-e), NGINX 1.19.5+), when not the
+        compiled-in default (which an unprivileged user often cannot write).
+    type: path
+  nginx_pidfile:
+    description:
+      - The NGINX master's pid file (the C(pid) directive). With it, after each reload the module waits until the
+        master serves with new workers only (a reload NGINX could not apply leaves the old workers and the old
+        weights in place although C(nginx -s reload) succeeds), and O(drain) waits until the old workers have
+        finished their requests. Reads C(/proc), so Linux only.
+      - Without it, the module does not confirm reloads and cannot wait for a drain.
+    type: path
   weights:
     description:
       - Explicit weights per server name. Mutually exclusive with O(y_percent).
@@ -88,7 +103,7 @@ options:
   max_weight:
     description:
       - Largest per-server weight used when computing weights from O(y_percent).
-      - HAProxy accepts up to 256; NGINX has no small limit.
+      - HAProxy accepts up to 256; the module allows up to 1000 for NGINX.
     type: int
     default: 100
   ready:
@@ -112,7 +127,8 @@ options:
     default: []
   drain_timeout:
     description:
-      - Seconds to wait for drained servers to reach zero current sessions. V(0) does not wait.
+      - Seconds to wait for drained servers to reach zero current sessions (NGINX, for the old workers to finish).
+        V(0) does not wait.
     type: float
     default: 60
 attributes:
@@ -148,6 +164,7 @@ EXAMPLES = r"""
   kongops.upgrade.lb_weight:
     driver: nginx
     nginx_upstream_file: /etc/nginx/conf.d/upstream_kong.conf
+    nginx_pidfile: /run/nginx.pid
     weights:
       x1: 0
       y1: 100
@@ -178,7 +195,7 @@ requested_y_percent:
   returned: when O(y_percent) is given
   type: float
 drained_after_seconds:
-  description: Seconds waited for drained servers to reach zero sessions.
+  description: Seconds waited for drained servers to reach zero sessions (NGINX, for its old workers to finish).
   returned: when O(drain) is given and not in check mode
   type: float
 """
@@ -265,6 +282,8 @@ def main():
             nginx_binary=dict(type="path", default="nginx"),
             nginx_conf=dict(type="path"),
             nginx_prefix=dict(type="path"),
+            nginx_error_log=dict(type="path"),
+            nginx_pidfile=dict(type="path"),
             weights=dict(type="dict"),
             x_servers=dict(type="list", elements="str", default=[]),
             y_servers=dict(type="list", elements="str", default=[]),
@@ -285,7 +304,7 @@ def main():
         driver = HaproxyDriver(params["haproxy_socket"], params["backend"], params["haproxy_state_file"])
     else:
         driver = NginxDriver(module, params["nginx_upstream_file"], params["nginx_binary"], params["nginx_conf"],
-                             params["nginx_prefix"])
+                             params["nginx_prefix"], params["nginx_pidfile"], params["nginx_error_log"])
     if not 1 <= params["max_weight"] <= driver.max_weight:
         module.fail_json(msg="max_weight must be between 1 and %d for %s, got %d"
                          % (driver.max_weight, params["driver"], params["max_weight"]))
@@ -303,6 +322,9 @@ def main():
             after = driver.read()
         if params["drain"] and not module.check_mode and params["drain_timeout"] > 0:
             to_wait = [n for n in params["drain"] if before[n]["admin_state"] == "ready" or n in changes]
+            if to_wait and driver.kind == "nginx" and not params["nginx_pidfile"]:
+                module.warn("nginx_pidfile is not set, so the drain of %s is not waited for: NGINX's old workers "
+                            "may still be finishing requests to them" % ", ".join(to_wait))
             result["drained_after_seconds"] = round(wait_drained(driver, to_wait, params["drain_timeout"]), 2)
             after = driver.read()
     except LbError as exc:

@@ -7,6 +7,7 @@ from ansible_collections.kongops.upgrade.plugins.module_utils._lb import (
     NginxDriver,
     compute_pool_weights,
     effective_share,
+    wait_drained,
 )
 
 UPSTREAM = """upstream kong_proxy {
@@ -59,3 +60,40 @@ def test_nginx_render_changes_only_named_lines_and_keeps_parameters():
     again = NginxDriver.render(text, {"x1": {"weight": 90, "admin_state": "ready"},
                                       "y1": {"weight": 10, "admin_state": "ready"}})
     assert again == text
+
+
+class BusyFor:
+    """A driver whose servers stay busy for ``reads`` polls."""
+
+    def __init__(self, reads):
+        self.reads = reads
+        self.asked = []
+
+    def busy(self, names):
+        self.asked.append(list(names))
+        self.reads -= 1
+        return {"x1": 2} if self.reads >= 0 else {}
+
+
+def test_wait_drained_polls_until_nothing_is_busy():
+    clock = iter(range(100))
+    driver = BusyFor(3)
+    waited = wait_drained(driver, ["x1"], 60, clock=lambda: next(clock), sleep=lambda _s: None)
+    assert waited > 0 and len(driver.asked) == 4
+
+
+def test_wait_drained_gives_up_at_the_deadline_naming_the_busy_servers():
+    clock = iter(range(0, 1000, 10))
+    with pytest.raises(LbError, match="x1=2"):
+        wait_drained(BusyFor(1000), ["x1"], 30, clock=lambda: next(clock), sleep=lambda _s: None)
+
+
+def test_nginx_reload_is_confirmed_by_new_workers():
+    driver = NginxDriver(None, "/dev/null", pidfile="/run/nginx.pid", reload_timeout=0.5)
+    generations = [([11, 12], []), ([21, 22], [11])]
+    driver.workers = lambda: generations.pop(0) if len(generations) > 1 else generations[0]
+    driver._wait_reloaded([11, 12])
+    stuck = NginxDriver(None, "/dev/null", pidfile="/run/nginx.pid", reload_timeout=0.2)
+    stuck.workers = lambda: ([11, 12], [])
+    with pytest.raises(LbError, match="did not start new workers"):
+        stuck._wait_reloaded([11, 12])
