@@ -47,6 +47,8 @@ __all__ = ["Lab", "lab_session", "poll", "LoadGenerator", "Sample", "share_of", 
 
 # Passwords of the lab that is up now; checked against every module run's output.
 SECRETS: set[str] = set()
+# How long to retry `lab up` while another lab in the same parent directory is starting or stopping.
+LAB_LOCK_WAIT = 180.0
 
 
 class Lab:
@@ -273,7 +275,17 @@ class _LabManager:
     def open(self, *up_args: str) -> Lab:
         self.close()
         stack = contextlib.ExitStack()
-        handle = stack.enter_context(running_lab(*up_args))
+        deadline = time.monotonic() + LAB_LOCK_WAIT
+        while True:
+            try:
+                handle = stack.enter_context(running_lab(*up_args))
+                break
+            except AssertionError as exc:
+                # `lab up` serialises on the run directory's parent (flock, no wait): another
+                # lab in the same parent directory being brought up or down is not a failure.
+                if "another `lab up`/`lab down` is running" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(1.0)
         lab = Lab(handle)
         SECRETS.add(lab.password)
         SECRETS.update(str(v) for k, v in lab.secrets.items() if "password" in k and v)

@@ -1,0 +1,143 @@
+"""lb_weight on HAProxy and on NGINX, under load: shares of 0, 10, 50 and 100 % between three X and two
+Y servers, measured by the Kong version in each answer's Via header, a drain that waits for the
+requests in flight, and no failed request while the weights move.
+
+X is 3.4.0 and Y 3.4.3 (no migration between them): the Y nodes start on the same database,
+the way the collection deploys Y, and every answer says which of the two served it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+from pathlib import Path
+
+import pytest
+from ansible_runner import four_ways, run_module
+from conftest import http_request, lab_session, poll, share_of, window_after
+
+X, Y = "3.4.0", "3.4.3"
+X_SERVERS = ["x1", "x2", "x3"]
+Y_SERVERS = ["y1", "y2"]
+SHARES = (0, 10, 50, 100)
+PER_SHARE = 2000
+TOLERANCE = 3.0
+
+
+@pytest.fixture(scope="module", params=["haproxy", "nginx"])
+def lab(request):
+    with lab_session("--x-version", X, "--y-version", Y, "--x-nodes", "3", "--y-nodes", "2",
+                     "--lb", request.param) as lab:
+        for name in Y_SERVERS:
+            lab.start_node(name)
+        if request.param == "haproxy":
+            poll(lambda: lab.haproxy_servers_up(Y_SERVERS), 15, "HAProxy health checks to see Y up")
+        yield lab
+
+
+def lb_state(lab):
+    """What the load balancer holds now, read without the module (runtime state or the include file)."""
+    if lab.lb["kong_lb_driver"] == "haproxy":
+        header: list[str] = []
+        state = {}
+        for line in lab.haproxy(f"show servers state {lab.lb['kong_lb_backend']}").splitlines():
+            if line.startswith("#"):
+                header = line.lstrip("# ").split()
+            elif header and line.strip():
+                row = dict(zip(header, line.split()))
+                state[row["srv_name"]] = (row["srv_uweight"], row["srv_admin_state"])
+        return state
+    return Path(lab.lb["kong_lb_nginx_upstream_file"]).read_text(encoding="utf-8")
+
+
+def weights(lab, **extra):
+    return {**lab.lb_args(), **extra}
+
+
+def test_an_unknown_server_fails_and_changes_nothing(lab):
+    before = lb_state(lab)
+    result = run_module("lb_weight", weights(lab, weights={"x1": 50, "x9": 10}))
+    assert result.failed and "no server named x9" in result["msg"] and "nothing was changed" in result["msg"]
+    for name in X_SERVERS + Y_SERVERS:
+        assert name in result["msg"]
+    drained = run_module("lb_weight", weights(lab, drain=["y7"]))
+    assert drained.failed and "y7" in drained["msg"]
+    assert lb_state(lab) == before
+
+
+def test_an_unknown_backend_or_upstream_file_fails(lab):
+    if lab.lb["kong_lb_driver"] == "haproxy":
+        result = run_module("lb_weight", weights(lab, backend="kong_nope", weights={"x1": 50}))
+        assert result.failed and "kong_nope" in result["msg"]
+    else:
+        missing = str(Path(lab.lb["kong_lb_nginx_upstream_file"]).with_name("nope.conf"))
+        result = run_module("lb_weight", weights(lab, nginx_upstream_file=missing, weights={"x1": 50}))
+        assert result.failed and "nope.conf" in result["msg"]
+
+
+def test_a_weight_change_four_ways(lab):
+    results = four_ways("lb_weight", weights(lab, weights={"x1": 40}))
+    check, real = results[0], results[1]
+    assert check["changes"] == real["changes"] == {"x1": {"weight": 40}}
+    assert check["servers"]["x1"]["weight"] == real["servers"]["x1"]["weight"] == 40
+    assert "x1 weight=40" in real["diff"]["after"] and "x1 weight=100" in real["diff"]["before"]
+    restored = run_module("lb_weight", weights(lab, weights={"x1": 100}))
+    assert not restored.failed and restored.changed
+
+
+def slow_requests(lab, count, delay_ms):
+    """``count`` requests through the frontend that the upstream answers after ``delay_ms``."""
+    url = lab.frontend + f"/?echo_delay_ms={delay_ms}"
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=count)
+    return pool, [pool.submit(http_request, url, "GET", None, 30.0) for _ in range(count)]
+
+
+def test_shares_drain_and_no_failed_request_while_weights_move(lab):
+    gen = lab.load(rate=500.0, concurrency=8)
+    gen.start()
+    measured = {}
+    try:
+        for pct in SHARES:
+            result = run_module("lb_weight", weights(lab, x_servers=X_SERVERS, y_servers=Y_SERVERS, y_percent=pct))
+            assert not result.failed, result.get("msg")
+            assert result["requested_y_percent"] == pct
+            assert abs(result["y_share"] - pct) < 0.5, result["servers"]
+            # Requests sent after the module returned see the new weights (HAProxy at once; NGINX once the
+            # module has seen the new workers start). A short margin covers requests queued in the client.
+            window = window_after(gen, time.time() + 0.2, PER_SHARE)
+            measured[pct] = share_of(window, Y)
+            assert all(s.ok for s in window)
+
+        # Drain X while slow requests are in flight on it: the module waits until they are done.
+        half = run_module("lb_weight", weights(lab, x_servers=X_SERVERS, y_servers=Y_SERVERS, y_percent=50))
+        assert not half.failed
+        pool, slow = slow_requests(lab, 12, 5000)
+        drained = run_module("lb_weight", weights(lab, drain=X_SERVERS, drain_timeout=30))
+        assert not drained.failed, drained.get("msg")
+        finished_slow = [f.done() for f in slow]
+        results = [f.result() for f in slow]
+        pool.shutdown()
+        assert drained["drained_after_seconds"] >= 1.0, drained
+        assert all(finished_slow), "the drain returned before the requests in flight were answered"
+        assert all(status == 200 for status, _body in results), results
+        for name in X_SERVERS:
+            assert drained["servers"][name]["admin_state"] in ("drain", "maint")
+            assert drained["servers"][name]["sessions"] == 0
+        window = window_after(gen, time.time() + 0.2, 500)
+        assert share_of(window, Y) == 100.0, "drained X servers still took new requests"
+        again = run_module("lb_weight", weights(lab, drain=X_SERVERS, drain_timeout=30))
+        assert not again.failed and not again.changed and again["drained_after_seconds"] < 0.5
+        back = run_module("lb_weight", weights(lab, ready=X_SERVERS, x_servers=X_SERVERS, y_servers=Y_SERVERS,
+                                               y_percent=0))
+        assert not back.failed and back["y_share"] == 0.0
+        window = window_after(gen, time.time() + 0.2, 500)
+        assert share_of(window, Y) == 0.0
+    finally:
+        gen.stop()
+    summary = gen.summary()
+    for pct, share in measured.items():
+        assert abs(share - pct) <= TOLERANCE, f"Y served {share:.2f}% of requests at a {pct}% share: {measured}"
+    assert summary["failed"] == 0, (summary["failed_by_reason"], summary["stale_keepalive_retries"])
+    assert summary["by_version"].get(Y, 0) >= PER_SHARE
+    if lab.lb["kong_lb_driver"] == "haproxy":
+        assert summary["stale_keepalive_retries"] == 0
