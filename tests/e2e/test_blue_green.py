@@ -1,0 +1,96 @@
+"""Blue-green upgrades end to end on the lab, under steady load through HAProxy: Y on X's
+database after `migrations up`, gated steps, a soak, then X retired and `migrations finish`."""
+
+from __future__ import annotations
+
+import json
+
+from ansible_runner import run_module
+from e2e_helpers import admin_version, fast_gate, run_playbook
+from labfixtures import running_lab
+
+from labctl.load import LoadGenerator
+
+X, Y = "3.6.0", "3.6.1"
+LAB = ("--x-version", X, "--y-version", Y, "--x-nodes", "2", "--y-nodes", "2")
+
+
+def _pg(lab):
+    return {k: lab.group_vars[f"kong_{k}"] for k in ("pg_host", "pg_port", "pg_user", "pg_password", "pg_database")}
+
+
+def test_blue_green_upgrade_serves_every_request_and_is_idempotent(tmp_path):
+    with running_lab(*LAB) as lab:
+        extra = dict(fast_gate(lab.run_dir), kong_upgrade_blue_green_soak_seconds=3)
+        load = LoadGenerator(lab.frontend, targets=lab.load_targets, duration=900, rate=100).start()
+        try:
+            first = run_playbook("upgrade_blue_green", lab.inventory_path, extra, tmp_path)
+        finally:
+            load.stop()
+        summary = load.summary()
+        assert first.rc == 0, first.explain()
+        assert summary["failed"] == 0, summary["failed_by_reason"]
+        assert summary["requests"] > 1000
+        assert summary["ok_by_version"].get(Y, 0) > 0, summary["by_version"]
+
+        for name, host in lab.hosts("kong_y").items():
+            assert admin_version(host["kong_admin_url"]) == Y, name
+        for name, host in lab.hosts("kong_x").items():
+            assert admin_version(host["kong_admin_url"]) is None, f"{name} still answers after decommission"
+
+        report = json.loads((lab.run_dir / "reports" / f"kong-{X}-to-{Y}.json").read_text())
+        assert (lab.run_dir / "reports" / f"kong-{X}-to-{Y}.md").is_file()
+        assert report["status"] == "succeeded"
+        assert report["database_in_use"] == lab.group_vars["kong_pg_database"]
+        assert report["freeze_lifted"] is True
+        # Four gated steps and the soak, all passed; finish ran last, nothing pending.
+        assert [step["verdict"] for step in report["traffic_steps"]] == ["pass"] * 5
+        assert report["traffic_steps"][-1].get("soak") is True
+        assert report["migrations"]["commands"][-1].split()[1:3] == ["migrations", "finish"]
+        assert report["migrations"]["after"] == "up_to_date"
+        fingerprints = report["fingerprints"]
+        assert fingerprints["verified"]["counts"] == fingerprints["at_freeze"]["counts"]
+        freeze = run_module("kong_config_freeze", dict(_pg(lab), state="status"))
+        assert not freeze.failed and freeze["frozen"] is False
+
+        second = run_playbook("upgrade_blue_green", lab.inventory_path, extra, tmp_path)
+        assert second.rc == 0, second.explain()
+        assert second.changed == 0, second.explain()
+
+
+def test_blue_green_y_node_fails_to_start_returns_traffic_to_x(tmp_path):
+    with running_lab(*LAB) as lab:
+        # Y's proxy_listen is an address X's node x1 already holds: Y cannot start.
+        extra = dict(fast_gate(lab.run_dir), kong_upgrade_blue_green_soak_seconds=3,
+                     kong_upgrade_y_conf_overrides={"proxy_listen": lab.host("x1")["kong_proxy_listen"]})
+        load = LoadGenerator(lab.frontend, targets=lab.load_targets, duration=900, rate=100).start()
+        try:
+            run = run_playbook("upgrade_blue_green", lab.inventory_path, extra, tmp_path)
+        finally:
+            load.stop()
+        summary = load.summary()
+
+        assert run.rc != 0, run.explain()
+        assert "failed in phase 'start_y'" in run.stdout, run.explain()
+        assert "only migrations up ran, never finish" in run.stdout
+        assert "Fix the cause and run the playbook again" in run.stdout
+        assert summary["failed"] == 0, summary["failed_by_reason"]
+
+        # Traffic on X; X still serves on the database that saw `migrations up` only.
+        after = LoadGenerator(lab.frontend, targets=lab.load_targets, duration=3, rate=100).run()
+        assert after["failed"] == 0 and set(after["ok_by_version"]) == {X}, after["by_version"]
+        for name, host in lab.hosts("kong_x").items():
+            assert admin_version(host["kong_admin_url"]) == X, name
+        for name, host in lab.hosts("kong_y").items():
+            assert admin_version(host["kong_admin_url"]) is None, f"{name} still runs after the rollback"
+        x1 = lab.host("x1")
+        migrations = run_module("kong_migrations", {"kong_executable": x1["kong_executable"],
+                                                    "conf": x1["kong_conf_path"], "state": "status"})
+        assert migrations["state_before"]["state"] in ("up_to_date", "pending"), migrations["state_before"]
+        freeze = run_module("kong_config_freeze", dict(_pg(lab), state="status"))
+        assert not freeze.failed and freeze["frozen"] is False
+
+        report = json.loads((lab.run_dir / "reports" / f"kong-{X}-to-{Y}.json").read_text())
+        assert report["status"] == "failed, rolled back to X"
+        assert report["failure"]["phase"] == "start_y"
+        assert report["rollback"]["traffic_on_x"] is True
