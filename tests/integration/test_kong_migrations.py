@@ -57,6 +57,18 @@ def lock_rows(lab, database=None):
     return lab.sql("SELECT owner FROM locks WHERE key = 'migrations'", database=database)
 
 
+def test_node_info_of_a_2_8_node_before_the_upgrade(lab):
+    """kong_node_info against the 2.8.4 X node: no /status/ready before 3.3, so readiness is unknown."""
+    x1 = lab.host("x1")
+    node = run_module("kong_node_info", {"admin_url": x1["kong_admin_url"], "status_url": x1["kong_status_url"],
+                                         "kong_executable": x1["kong_executable"], "expected_version": X})
+    assert not node.failed, node.get("msg")
+    facts = node["node"]
+    assert facts["version"] == facts["cli_version"] == X and facts["edition"] == "community"
+    assert (facts["mode"], facts["database"], facts["database_reachable"]) == ("traditional", "postgres", True)
+    assert facts["ready"] is None
+
+
 def test_status_reports_the_new_migrations_of_3_4_and_changes_nothing(lab):
     results = four_ways("kong_migrations", args(lab, Y, "status"), expect_change=False)
     state = results[1]["state_before"]

@@ -1,0 +1,116 @@
+"""kong_node_info on the lab: traditional X nodes, a DB-less node, a hybrid control plane and its data
+planes, and a clear failure when the node is not the expected version."""
+
+from __future__ import annotations
+
+import pytest
+from ansible_runner import run_module, run_sequence
+from conftest import http_request, lab_session, poll
+
+X, Y = "3.9.1", "3.10.0"
+
+
+def info_args(host, **extra):
+    return {"admin_url": host["kong_admin_url"], "status_url": host["kong_status_url"], **extra}
+
+
+def check_and_real(args):
+    """The module only reads: check mode and a real run give the same facts and change nothing."""
+    check, real = run_sequence("kong_node_info", [(args, True), (args, False)])
+    for result in (check, real):
+        assert not result.failed, result.get("msg")
+        assert not result.changed
+    assert stable(check["node"]) == stable(real["node"])
+    return real["node"]
+
+
+def stable(node):
+    """A node's facts without what moves between two reads (a data plane's last contact)."""
+    moving = ("last_seen", "ttl", "updated_at")
+    return {**node, "data_planes": [{k: v for k, v in dp.items() if k not in moving} for dp in node["data_planes"]]}
+
+
+@pytest.fixture(scope="module")
+def traditional():
+    with lab_session("--x-version", X, "--y-version", Y, "--x-nodes", "2", "--y-nodes", "1") as lab:
+        yield lab
+
+
+def test_x_nodes_report_version_mode_readiness_and_database(traditional):
+    for name in ("x1", "x2"):
+        host = traditional.host(name)
+        node = check_and_real(info_args(host, kong_executable=host["kong_executable"], expected_version=X))
+        assert node["version"] == node["cli_version"] == X
+        assert node["edition"] == "community"
+        assert (node["mode"], node["role"], node["database"]) == ("traditional", "traditional", "postgres")
+        assert node["database_reachable"] is True
+        assert node["ready"] is True and node["ready_message"] == "ready"
+        assert node["configuration_hash"] is None and node["data_planes"] == []
+        _status, root = http_request(host["kong_admin_url"] + "/")
+        assert node["node_id"] == root["node_id"]
+
+
+def test_an_unexpected_version_fails_clearly(traditional):
+    x1 = traditional.host("x1")
+    wrong = run_module("kong_node_info", info_args(x1, expected_version=Y))
+    assert wrong.failed
+    assert f"runs Kong {X}, expected {Y}" in wrong["msg"] and x1["kong_admin_url"] in wrong["msg"]
+    assert wrong["node"]["version"] == X
+    binary = run_module("kong_node_info", info_args(x1, expected_version=X,
+                                                    kong_executable=traditional.host("y1")["kong_executable"]))
+    assert binary.failed and f"is Kong {Y}, expected {X}" in binary["msg"]
+
+
+def test_a_node_that_does_not_answer_fails_clearly(traditional):
+    y1 = traditional.host("y1")  # installed, never started
+    result = run_module("kong_node_info", info_args(y1))
+    assert result.failed and "cannot read the Kong node" in result["msg"] and y1["kong_admin_url"] in result["msg"]
+
+
+@pytest.fixture(scope="module")
+def dbless():
+    with lab_session("--mode", "dbless", "--x-version", X, "--y-version", Y, "--x-nodes", "1",
+                     "--y-nodes", "0") as lab:
+        yield lab
+
+
+def test_a_dbless_node_reports_its_configuration_hash(dbless):
+    x1 = dbless.host("x1")
+    node = check_and_real(info_args(x1, expected_version=X))
+    assert (node["mode"], node["role"], node["database"]) == ("dbless", "traditional", "off")
+    assert node["database_reachable"] is None  # no `database` in /status for DB-less nodes from 3.4
+    _status, status = http_request(x1["kong_status_url"] + "/status")
+    assert node["configuration_hash"] == status["configuration_hash"]
+    assert len(node["configuration_hash"]) == 32 and node["configuration_hash"] != "0" * 32
+    assert node["ready"] is True
+
+
+@pytest.fixture(scope="module")
+def hybrid():
+    with lab_session("--mode", "hybrid", "--x-version", X, "--y-version", Y, "--x-nodes", "2",
+                     "--y-nodes", "0") as lab:
+        yield lab
+
+
+def test_a_control_plane_lists_its_data_planes_in_sync(hybrid):
+    cp = hybrid.hosts("kong_cp")["cp1"]
+    dps = {name: check_and_real(info_args(hybrid.host(name), expected_version=X)) for name in ("x1", "x2")}
+    for node in dps.values():
+        assert (node["mode"], node["role"], node["database"]) == ("hybrid", "data_plane", "off")
+        assert node["configuration_hash"] and node["ready"] is True
+
+    def synced():
+        node = check_and_real(info_args(cp, expected_version=Y))
+        planes = {dp["id"]: dp for dp in node["data_planes"]}
+        ok = len(planes) == 2 and all(dp["sync_status"] == "normal" for dp in planes.values())
+        return node if ok else None
+
+    node = poll(synced, 30, "both data planes listed in sync", interval=1.0)
+    assert (node["mode"], node["role"], node["database"]) == ("hybrid", "control_plane", "postgres")
+    assert node["database_reachable"] is True
+    planes = {dp["id"]: dp for dp in node["data_planes"]}
+    for dp_node in dps.values():
+        plane = planes[dp_node["node_id"]]
+        assert plane["version"] == X
+        assert plane["config_hash"] == dp_node["configuration_hash"]
+        assert plane["last_seen"] > 0
