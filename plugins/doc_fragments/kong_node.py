@@ -29,7 +29,9 @@ options:
   environment:
     description:
       - Extra C(KONG_*) environment variables for the CLI (they override C(kong.conf)).
-      - Values are passed in the process environment, never on a command line.
+      - Values are passed in the process environment, never on a command line. Values of settings whose name
+        says they are secret (C(pg_password), anything with C(password), C(secret), C(token) or C(_key)) are
+        masked wherever Ansible shows the module's arguments; prefer O(pg_password) for the database password.
     type: dict
     default: {}
   pg_password:

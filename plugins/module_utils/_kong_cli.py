@@ -26,6 +26,13 @@ KONG_NODE_ARGSPEC = dict(
 )
 
 SECRET_ENV = ("KONG_PG_PASSWORD", "KONG_PG_RO_PASSWORD")
+_SECRET_WORDS = ("PASSWORD", "SECRET", "TOKEN", "_KEY", "CREDENTIAL")
+
+
+def is_secret_setting(name):
+    """Whether a Kong setting (``pg_password``, ``KONG_PG_PASSWORD``, ...) holds a secret."""
+    name = str(name).upper()
+    return name in SECRET_ENV or any(word in name for word in _SECRET_WORDS)
 
 
 class KongCliError(Exception):
@@ -82,6 +89,11 @@ class KongCli:
     @classmethod
     def from_params(cls, module):
         params = module.params
+        # `environment` is a plain dict option: mask the secrets in it (pg_password, ...) wherever
+        # Ansible shows the module's arguments, as it does for no_log options.
+        for key, value in (params.get("environment") or {}).items():
+            if value is not None and str(value) and is_secret_setting(key):
+                module.no_log_values.add(str(value))
         return cls(module, params["kong_executable"], params.get("conf"), params.get("prefix"),
                    params.get("environment"), params.get("pg_password"), params.get("db_timeout"),
                    params.get("lock_timeout"))
