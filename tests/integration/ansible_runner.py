@@ -82,10 +82,11 @@ class ModuleResult(dict):
 
 
 def run_sequence(name: str, runs: list[tuple[dict[str, Any], bool]], diff: bool = False, timeout: float = 600,
-                 env: dict[str, str] | None = None) -> list[ModuleResult]:
+                 env: dict[str, str] | None = None, verbosity: int = 0) -> list[ModuleResult]:
     """Run `kongops.upgrade.<name>` once per ``(args, check_mode)`` in ``runs``, in order, as the tasks of
     one playbook (each task is its own module run; one ansible-playbook start for all), and return
-    their results. A failed task does not stop the ones after it."""
+    their results. A failed task does not stop the ones after it. ``verbosity`` 3 is `-vvv`, where
+    Ansible also prints each module's arguments (the `invocation`)."""
     with tempfile.TemporaryDirectory(prefix="kongops-task-") as tmp:
         playbook = Path(tmp) / "task.yml"
         out = Path(tmp) / "result.json"
@@ -102,6 +103,8 @@ def run_sequence(name: str, runs: list[tuple[dict[str, Any], bool]], diff: bool 
         playbook.write_text(yaml.safe_dump(play), encoding="utf-8")
         os.chmod(playbook, 0o600)
         argv = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,", str(playbook)]
+        if verbosity:
+            argv.append("-" + "v" * verbosity)
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=ansible_env(env), check=False)
         try:
             text = out.read_text(encoding="utf-8")
