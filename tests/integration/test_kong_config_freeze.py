@@ -78,6 +78,15 @@ def test_freeze_four_ways(lab, seen):
     seen["first"] = real["fingerprint"]
 
 
+def test_another_run_cannot_take_over_or_lift_the_freeze(lab):
+    for state in ("frozen", "thawed"):
+        result = run_module("kong_config_freeze", {**freeze_args(lab, state), "run_id": "someone-else"})
+        assert result.failed and not result.changed
+        assert f"frozen by run {RUN}" in result["msg"] and "force=true" in result["msg"]
+    status = run_module("kong_config_freeze", freeze_args(lab, "status"))
+    assert status["frozen"] and status["run_id"] == RUN
+
+
 def test_admin_api_writes_of_an_x_node_are_rejected(lab):
     assert_admin_write_rejected(lab, "x1", "frozen-by-x")
 
