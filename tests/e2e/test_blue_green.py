@@ -94,3 +94,46 @@ def test_blue_green_y_node_fails_to_start_returns_traffic_to_x(tmp_path):
         assert report["status"] == "failed, rolled back to X"
         assert report["failure"]["phase"] == "start_y"
         assert report["rollback"]["traffic_on_x"] is True
+
+
+def test_blue_green_x_node_that_cannot_stop_restarts_x_before_finish(tmp_path):
+    with running_lab(*LAB) as lab:
+        # x2's kong refuses `quit`/`stop` (a wrapper in front of the real binary), so retiring X
+        # fails after x1 stopped and before `migrations finish`.
+        x2 = lab.host("x2")
+        wrapper = tmp_path / "kong-that-cannot-stop"
+        wrapper.write_text('#!/bin/sh\nif [ "$1" = quit ] || [ "$1" = stop ]; then\n'
+                           '  echo "Error: injected fault: cannot stop" >&2; exit 1\nfi\n'
+                           f'exec {x2["kong_executable"]} "$@"\n')
+        wrapper.chmod(0o755)
+        inventory = lab.inventory_path.read_text()
+        line = f"kong_executable: {x2['kong_executable']}"
+        assert line in inventory
+        lines = inventory.splitlines(keepends=True)
+        start = next(i for i, text in enumerate(lines) if text.strip() == "x2:")
+        index = next(i for i in range(start, len(lines)) if line in lines[i])
+        lines[index] = lines[index].replace(line, f"kong_executable: {wrapper}")
+        lab.inventory_path.write_text("".join(lines))
+
+        extra = dict(fast_gate(lab.run_dir), kong_upgrade_blue_green_soak_seconds=3)
+        load = LoadGenerator(lab.frontend, targets=lab.load_targets, duration=900, rate=100).start()
+        try:
+            run = run_playbook("upgrade_blue_green", lab.inventory_path, extra, tmp_path)
+        finally:
+            load.stop()
+        summary = load.summary()
+
+        assert run.rc != 0, run.explain()
+        assert "failed in phase 'decommission_x'" in run.stdout, run.explain()
+        assert "X was started again" in run.stdout
+        assert summary["failed"] == 0, summary["failed_by_reason"]
+        for name, host in lab.hosts("kong_x").items():
+            assert admin_version(host["kong_admin_url"]) == X, name
+        for name, host in lab.hosts("kong_y").items():
+            assert admin_version(host["kong_admin_url"]) is None, f"{name} still runs after the rollback"
+        after = LoadGenerator(lab.frontend, targets=lab.load_targets, duration=3, rate=100).run()
+        assert after["failed"] == 0 and set(after["ok_by_version"]) == {X}, after["by_version"]
+        report = json.loads((lab.run_dir / "reports" / f"kong-{X}-to-{Y}.json").read_text())
+        assert report["status"] == "failed, rolled back to X"
+        assert report["failure"]["phase"] == "decommission_x"
+        assert not [cmd for cmd in report["migrations"]["commands"] if "migrations finish" in cmd], report["migrations"]
