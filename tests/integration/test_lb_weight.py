@@ -115,7 +115,7 @@ def slow_requests(lab, count, delay_ms):
         return status, time.time()
 
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=count)
-    return pool, [pool.submit(one) for _ in range(count)]
+    return pool, [pool.submit(one) for _index in range(count)]
 
 
 def test_shares_drain_and_no_failed_request_while_weights_move(lab, record_property):

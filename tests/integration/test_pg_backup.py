@@ -86,7 +86,6 @@ def test_restored_into_a_new_database_has_the_same_rows(lab, backup_dir):
     results = four_ways("pg_backup", restore)
     real = results[1]
     meta = real["metadata"]
-    assert real["restored_row_counts"] == {t: n for t, n in real["restored_row_counts"].items()}
     for table, n in meta["row_counts"].items():
         assert real["restored_row_counts"][table] == n, table
     assert counts(lab, ENTITY_TABLES, database=target) == counts(lab, ENTITY_TABLES)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import os
 
-from labfixtures import LAB_DIR  # noqa: F401  (puts tests/lab on sys.path)
+# labfixtures puts tests/lab on sys.path for kongemu
+import labfixtures  # noqa: F401  pylint: disable=unused-import
 
 from kongemu import faults
 
@@ -25,12 +26,12 @@ def test_the_rate_is_exact_and_follows_the_file(tmp_path):
     path = tmp_path / faults.FAULTS_FILE
     path.write_text(json.dumps({"proxy_5xx_rate": 0.25, "status": 502}), encoding="utf-8")
     clock.now += 1
-    hits = [f.next_fault() for _ in range(100)]
+    hits = [f.next_fault() for _request in range(100)]
     assert sum(1 for h in hits if h is not None) == 25
     assert {h.status for h in hits if h is not None} == {502}
     os.unlink(path)
     clock.now += 1
-    assert all(f.next_fault() is None for _ in range(10))
+    assert all(f.next_fault() is None for _request in range(10))
 
 
 def test_an_unusable_file_turns_faults_off():
