@@ -94,3 +94,53 @@ def test_in_place_failure_after_x_stopped_restores_the_database_and_x(tmp_path):
         assert report["rollback"]["database_restored"] is True
         assert report["rollback"]["x_started"] is True
         assert report["rollback"]["traffic_on_x"] is True
+
+
+def test_in_place_migration_failing_midway_restores_the_database_and_x(tmp_path):
+    with running_lab(*LAB) as lab:
+        # y1's kong (the one that runs the migrations) runs `migrations up` for real, then its
+        # `migrations finish` fails: the database is half-migrated when the run must recover.
+        y1 = lab.host("y1")
+        wrapper = tmp_path / "kong-finish-fails"
+        wrapper.write_text('#!/bin/sh\nif [ "$1" = migrations ] && [ "$2" = finish ]; then\n'
+                           '  echo "Error: injected fault: finish failed midway" >&2; exit 1\nfi\n'
+                           f'exec {y1["kong_executable"]} "$@"\n')
+        wrapper.chmod(0o755)
+        lines = lab.inventory_path.read_text().splitlines(keepends=True)
+        line = f"kong_executable: {y1['kong_executable']}"
+        start = next(i for i, text in enumerate(lines) if text.strip() == "y1:")
+        index = next(i for i in range(start, len(lines)) if line in lines[i])
+        lines[index] = lines[index].replace(line, f"kong_executable: {wrapper}")
+        lab.inventory_path.write_text("".join(lines))
+
+        load = LoadGenerator(lab.frontend, targets=lab.load_targets, duration=900, rate=100).start()
+        try:
+            run = run_playbook("upgrade_in_place", lab.inventory_path, _extra(lab), tmp_path)
+        finally:
+            load.stop()
+        summary = load.summary()
+
+        assert run.rc != 0, run.explain()
+        assert "failed in phase 'migrations_finished'" in run.stdout, run.explain()
+        assert "injected fault" in run.stdout
+        assert "X had been stopped" in run.stdout
+        assert set(summary["failed_by_reason"]) <= {"http_503", "http_502"}, summary["failed_by_reason"]
+
+        after = LoadGenerator(lab.frontend, targets=lab.load_targets, duration=3, rate=100).run()
+        assert after["failed"] == 0 and set(after["ok_by_version"]) == {X}, after["by_version"]
+        for name, host in lab.hosts("kong_x").items():
+            assert admin_version(host["kong_admin_url"]) == X, name
+        for name, host in lab.hosts("kong_y").items():
+            assert admin_version(host["kong_admin_url"]) is None, f"{name} still runs after the restore"
+        x1 = lab.host("x1")
+        migrations = run_module("kong_migrations", {"kong_executable": x1["kong_executable"],
+                                                    "conf": x1["kong_conf_path"], "state": "status"})
+        assert migrations["state_before"]["state"] == "up_to_date", migrations["state_before"]
+        freeze = run_module("kong_config_freeze", dict(_pg(lab), state="status"))
+        assert not freeze.failed and freeze["frozen"] is False
+
+        report = json.loads((lab.run_dir / "reports" / f"kong-{X}-to-{Y}.json").read_text())
+        assert report["status"] == "failed, rolled back to X"
+        assert report["failure"]["phase"] == "migrations_finished"
+        assert report["rollback"]["database_restored"] is True
+        assert report["rollback"]["x_started"] is True
