@@ -81,17 +81,18 @@ class ModuleResult(dict):
         return bool(self.get("changed"))
 
 
-def run_sequence(name: str, runs: list[tuple[dict[str, Any], bool]], diff: bool = False, timeout: float = 600,
-                 env: dict[str, str] | None = None, verbosity: int = 0) -> list[ModuleResult]:
-    """Run `kongops.upgrade.<name>` once per ``(args, check_mode)`` in ``runs``, in order, as the tasks of
-    one playbook (each task is its own module run; one ansible-playbook start for all), and return
-    their results. A failed task does not stop the ones after it. ``verbosity`` 3 is `-vvv`, where
-    Ansible also prints each module's arguments (the `invocation`)."""
+def run_tasks(runs: list[tuple[str, dict[str, Any], bool]], diff: bool = False, timeout: float = 600,
+              env: dict[str, str] | None = None, verbosity: int = 0) -> list[ModuleResult]:
+    """Run one module per ``(name, args, check_mode)`` in ``runs`` (``kongops.upgrade.<name>``), in order,
+    as the tasks of one playbook (each task is its own module run; one ansible-playbook start for all),
+    and return their results. A failed task does not stop the ones after it. ``verbosity`` 3 is
+    `-vvv`, where Ansible also prints each module's arguments (the `invocation`)."""
+    label = ",".join(dict.fromkeys(name for name, _args, _check in runs))
     with tempfile.TemporaryDirectory(prefix="kongops-task-") as tmp:
         playbook = Path(tmp) / "task.yml"
         out = Path(tmp) / "result.json"
         tasks: list[dict[str, Any]] = []
-        for index, (args, check) in enumerate(runs):
+        for index, (name, args, check) in enumerate(runs):
             tasks.append({"name": f"{name} #{index + 1}{' (check mode)' if check else ''}",
                           f"kongops.upgrade.{name}": args, "ignore_errors": True, "check_mode": bool(check),
                           "diff": diff, "register": f"kongops_result_{index}"})
@@ -110,13 +111,18 @@ def run_sequence(name: str, runs: list[tuple[dict[str, Any], bool]], diff: bool 
             text = out.read_text(encoding="utf-8")
         except OSError:
             text = ""
-        RUN_LOG.append(RunRecord(name, text, proc.stdout, proc.stderr))
+        RUN_LOG.append(RunRecord(label, text, proc.stdout, proc.stderr))
         try:
             decoded = json.loads(text)
         except ValueError as exc:
-            raise AssertionError(f"ansible-playbook gave no result for {name} (rc={proc.returncode}):\n"
+            raise AssertionError(f"ansible-playbook gave no result for {label} (rc={proc.returncode}):\n"
                                  f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}") from exc
     return [ModuleResult(item) for item in decoded]
+
+
+def run_sequence(name: str, runs: list[tuple[dict[str, Any], bool]], **options: Any) -> list[ModuleResult]:
+    """`run_tasks` for one module: one run per ``(args, check_mode)``."""
+    return run_tasks([(name, args, check) for args, check in runs], **options)
 
 
 def run_module(name: str, args: dict[str, Any], check: bool = False, diff: bool = False,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import psycopg2
 import pytest
-from ansible_runner import four_ways, run_module
+from ansible_runner import four_ways, run_module, run_sequence, run_tasks
 from conftest import http_request, lab_session, poll
 
 X, Y = "3.9.1", "3.10.0"
@@ -79,11 +79,13 @@ def test_freeze_four_ways(lab, seen):
 
 
 def test_another_run_cannot_take_over_or_lift_the_freeze(lab):
-    for state in ("frozen", "thawed"):
-        result = run_module("kong_config_freeze", {**freeze_args(lab, state), "run_id": "someone-else"})
+    *refused, status = run_sequence("kong_config_freeze", [
+        ({**freeze_args(lab, "frozen"), "run_id": "someone-else"}, False),
+        ({**freeze_args(lab, "thawed"), "run_id": "someone-else"}, False),
+        (freeze_args(lab, "status"), False)])
+    for result in refused:
         assert result.failed and not result.changed
         assert f"frozen by run {RUN}" in result["msg"] and "force=true" in result["msg"]
-    status = run_module("kong_config_freeze", freeze_args(lab, "status"))
     assert status["frozen"] and status["run_id"] == RUN
 
 
@@ -143,11 +145,12 @@ def test_a_write_made_before_the_next_freeze_changes_the_fingerprint(lab, seen):
 
 
 def test_migrations_finish_runs_while_frozen(lab, seen):
-    finish = run_module("kong_migrations", {"kong_executable": lab.host("y1")["kong_executable"],
-                                            "conf": lab.host("x1")["kong_conf_path"], "state": "finished"})
+    finish, verified = run_tasks([
+        ("kong_migrations", {"kong_executable": lab.host("y1")["kong_executable"],
+                             "conf": lab.host("x1")["kong_conf_path"], "state": "finished"}, False),
+        ("kong_config_freeze", freeze_args(lab, "verified"), False)])
     assert not finish.failed, finish.get("msg")
     assert finish["state_after"]["state"] == "up_to_date"
-    verified = run_module("kong_config_freeze", freeze_args(lab, "verified"))
     assert not verified.failed and verified["unchanged"]["unchanged"], verified.get("msg")
     assert verified["fingerprint"]["keys_hash"] == seen["second"]["keys_hash"]
     assert_sql_rejected(lab, "DELETE FROM routes")
@@ -155,11 +158,12 @@ def test_migrations_finish_runs_while_frozen(lab, seen):
 
 def test_the_freeze_travels_into_a_restored_database_with_the_same_fingerprint(lab, seen):
     backup = {**lab.pg_args(), "backup_dir": str(lab.run_dir / "backups" / "freeze"), "label": "frozen"}
-    taken = run_module("pg_backup", backup)
+    taken, restored, status = run_tasks([
+        ("pg_backup", backup, False),
+        ("pg_backup", {**backup, "state": "restored", "target_database": "kong_y"}, False),
+        ("kong_config_freeze", freeze_args(lab, "status", database="kong_y", compare_database="kong"), False)])
     assert not taken.failed and taken["verified"], taken.get("msg")
-    restored = run_module("pg_backup", {**backup, "state": "restored", "target_database": "kong_y"})
     assert not restored.failed and restored.changed, restored.get("msg")
-    status = run_module("kong_config_freeze", freeze_args(lab, "status", database="kong_y", compare_database="kong"))
     assert not status.failed, status.get("msg")
     assert status["frozen"] and status["run_id"] == RUN
     assert status["differences"] == {}
@@ -171,10 +175,11 @@ def test_a_write_into_one_database_shows_in_the_comparison(lab):
     thawed = run_module("kong_config_freeze", freeze_args(lab, "thawed", database="kong_y"))
     assert not thawed.failed and thawed.changed and not thawed["frozen"]
     lab.sql(insert_service("only-in-y"), database="kong_y")
-    compared = run_module("kong_config_freeze", freeze_args(lab, "status", database="kong_y", compare_database="kong"))
+    compared, thawed = run_sequence("kong_config_freeze", [
+        (freeze_args(lab, "status", database="kong_y", compare_database="kong"), False),
+        (freeze_args(lab, "thawed"), False)])
     assert compared.failed and "do not hold the same configuration" in compared["msg"]
     assert "services" in compared["differences"]
-    thawed = run_module("kong_config_freeze", freeze_args(lab, "thawed"))
     assert not thawed.failed and not thawed["frozen"]
     for database in ("kong", "kong_y"):
         assert lab.sql("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'kongops_freeze%'",

@@ -14,14 +14,18 @@ def info_args(host, **extra):
     return {"admin_url": host["kong_admin_url"], "status_url": host["kong_status_url"], **extra}
 
 
-def check_and_real(args):
-    """The module only reads: check mode and a real run give the same facts and change nothing."""
-    check, real = run_sequence("kong_node_info", [(args, True), (args, False)])
-    for result in (check, real):
-        assert not result.failed, result.get("msg")
-        assert not result.changed
-    assert stable(check["node"]) == stable(real["node"])
-    return real["node"]
+def check_and_real(*many):
+    """The module only reads: check mode and a real run give the same facts and change nothing.
+    Returns the facts of each node (one playbook for all)."""
+    results = run_sequence("kong_node_info", [(args, check) for args in many for check in (True, False)])
+    facts = []
+    for check, real in zip(results[::2], results[1::2]):
+        for result in (check, real):
+            assert not result.failed, result.get("msg")
+            assert not result.changed
+        assert stable(check["node"]) == stable(real["node"])
+        facts.append(real["node"])
+    return facts[0] if len(facts) == 1 else facts
 
 
 def stable(node):
@@ -37,9 +41,10 @@ def traditional():
 
 
 def test_x_nodes_report_version_mode_readiness_and_database(traditional):
-    for name in ("x1", "x2"):
-        host = traditional.host(name)
-        node = check_and_real(info_args(host, kong_executable=host["kong_executable"], expected_version=X))
+    hosts = [traditional.host(name) for name in ("x1", "x2")]
+    facts = check_and_real(*[info_args(host, kong_executable=host["kong_executable"], expected_version=X)
+                             for host in hosts])
+    for host, node in zip(hosts, facts):
         assert node["version"] == node["cli_version"] == X
         assert node["edition"] == "community"
         assert (node["mode"], node["role"], node["database"]) == ("traditional", "traditional", "postgres")
@@ -52,12 +57,12 @@ def test_x_nodes_report_version_mode_readiness_and_database(traditional):
 
 def test_an_unexpected_version_fails_clearly(traditional):
     x1 = traditional.host("x1")
-    wrong = run_module("kong_node_info", info_args(x1, expected_version=Y))
+    wrong, binary = run_sequence("kong_node_info", [
+        (info_args(x1, expected_version=Y), False),
+        (info_args(x1, expected_version=X, kong_executable=traditional.host("y1")["kong_executable"]), False)])
     assert wrong.failed
     assert f"runs Kong {X}, expected {Y}" in wrong["msg"] and x1["kong_admin_url"] in wrong["msg"]
     assert wrong["node"]["version"] == X
-    binary = run_module("kong_node_info", info_args(x1, expected_version=X,
-                                                    kong_executable=traditional.host("y1")["kong_executable"]))
     assert binary.failed and f"is Kong {Y}, expected {X}" in binary["msg"]
 
 
@@ -94,7 +99,7 @@ def hybrid():
 
 def test_a_control_plane_lists_its_data_planes_in_sync(hybrid):
     cp = hybrid.hosts("kong_cp")["cp1"]
-    dps = {name: check_and_real(info_args(hybrid.host(name), expected_version=X)) for name in ("x1", "x2")}
+    dps = dict(zip(("x1", "x2"), check_and_real(*[info_args(hybrid.host(n), expected_version=X) for n in ("x1", "x2")])))
     for node in dps.values():
         assert (node["mode"], node["role"], node["database"]) == ("hybrid", "data_plane", "off")
         assert node["configuration_hash"] and node["ready"] is True

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from ansible_runner import four_ways, run_module
+from ansible_runner import four_ways, run_module, run_sequence
 from conftest import http_request, lab_session, poll, share_of, window_after
 
 X, Y = "3.4.0", "3.4.3"
@@ -69,11 +69,11 @@ def weights(lab, **extra):
 
 def test_an_unknown_server_fails_and_changes_nothing(lab):
     before = lb_state(lab)
-    result = run_module("lb_weight", weights(lab, weights={"x1": 50, "x9": 10}))
+    result, drained = run_sequence("lb_weight", [(weights(lab, weights={"x1": 50, "x9": 10}), False),
+                                                 (weights(lab, drain=["y7"]), False)])
     assert result.failed and "no server named x9" in result["msg"] and "nothing was changed" in result["msg"]
     for name in X_SERVERS + Y_SERVERS:
         assert name in result["msg"]
-    drained = run_module("lb_weight", weights(lab, drain=["y7"]))
     assert drained.failed and "y7" in drained["msg"]
     assert lb_state(lab) == before
 
@@ -154,10 +154,10 @@ def test_shares_drain_and_no_failed_request_while_weights_move(lab, record_prope
             assert drained["servers"][name]["sessions"] == 0
         window = window_after(gen, time.time() + 0.2, 500)
         assert share_of(window, Y) == 100.0, "drained X servers still took new requests"
-        again = run_module("lb_weight", weights(lab, drain=X_SERVERS, drain_timeout=30))
+        again, back = run_sequence("lb_weight", [
+            (weights(lab, drain=X_SERVERS, drain_timeout=30), False),
+            (weights(lab, ready=X_SERVERS, x_servers=X_SERVERS, y_servers=Y_SERVERS, y_percent=0), False)])
         assert not again.failed and not again.changed and again["drained_after_seconds"] < 0.5
-        back = run_module("lb_weight", weights(lab, ready=X_SERVERS, x_servers=X_SERVERS, y_servers=Y_SERVERS,
-                                               y_percent=0))
         assert not back.failed and back["y_share"] == 0.0
         window = window_after(gen, time.time() + 0.2, 500)
         assert share_of(window, Y) == 0.0

@@ -10,7 +10,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from ansible_runner import four_ways, run_module
+from ansible_runner import four_ways, run_module, run_sequence
 from conftest import lab_session
 
 SEED = 10000
@@ -114,8 +114,7 @@ def test_refuses_a_pg_dump_older_than_the_server(lab, backup_dir, tmp_path):
     for tool in ("psql", "pg_restore"):
         (bindir / tool).symlink_to(shutil.which(tool))
     refused = args(lab, backup_dir, label="old-client", pg_bin_dir=str(bindir))
-    for check in (True, False):
-        result = run_module("pg_backup", refused, check=check)
+    for result in run_sequence("pg_backup", [(refused, True), (refused, False)]):
         assert result.failed and not result.changed
         assert "pg_dump is version 13" in result["msg"] and "server is PostgreSQL 15" in result["msg"]
         assert "postgresql-client-15" in result["msg"]
@@ -134,19 +133,19 @@ def test_a_corrupted_dump_is_detected_and_never_reused(lab, backup_dir):
     corrupted = sha256(dump)
     mtime = dump.stat().st_mtime_ns
 
-    verified = run_module("pg_backup", args(lab, backup_dir, label=label, state="verified"))
+    verified, present_check, present, restore = run_sequence("pg_backup", [
+        (args(lab, backup_dir, label=label, state="verified"), False),
+        (args(lab, backup_dir, label=label), True),
+        (args(lab, backup_dir, label=label), False),
+        (args(lab, backup_dir, label=label, state="restored", target_database="kong_from_corrupt"), False),
+    ])
     assert verified.failed and not verified["verified"]
     assert "does not match its checksum" in verified["msg"]
-
-    for check in (True, False):
-        present = run_module("pg_backup", args(lab, backup_dir, label=label), check=check)
-        assert present.failed and not present.changed
-        assert "does not verify" in present["msg"] and "Nothing was changed" in present["msg"]
-        assert "force=true" in present["msg"]
+    for result in (present_check, present):
+        assert result.failed and not result.changed
+        assert "does not verify" in result["msg"] and "Nothing was changed" in result["msg"]
+        assert "force=true" in result["msg"]
     assert sha256(dump) == corrupted and dump.stat().st_mtime_ns == mtime
-
-    restore = run_module("pg_backup", args(lab, backup_dir, label=label, state="restored",
-                                           target_database="kong_from_corrupt"))
     assert restore.failed and "does not match its checksum" in restore["msg"]
     assert lab.sql("SELECT count(*) FROM pg_database WHERE datname = 'kong_from_corrupt'", database="postgres") == [(0,)]
 

@@ -7,10 +7,8 @@ and in failing runs (whose messages quote what went wrong).
 
 from __future__ import annotations
 
-import json
-
 import pytest
-from ansible_runner import RUN_LOG, run_sequence
+from ansible_runner import RUN_LOG, run_tasks
 from conftest import lab_session
 
 TOKEN = "it-admin-token-5b0c1d"
@@ -36,23 +34,20 @@ def test_no_secret_in_verbose_output_of_any_module(lab, tmp_path):
     since = len(RUN_LOG)
     x1 = lab.host("x1")
     node = {"kong_executable": x1["kong_executable"], "conf": x1["kong_conf_path"]}
-    run_sequence("kong_migrations", [
-        ({**node, "pg_password": lab.password}, True),
-        ({**node, "environment": {"pg_password": lab.password, "pg_database": "kong"}}, False),
-        ({**node, "environment": {"KONG_PG_PASSWORD": lab.password, "pg_database": "missing_db"}, "state": "up"},
-         False),
-    ], verbosity=3)
     pg = lab.pg_args()
-    run_sequence("pg_backup", [
-        ({**pg, "backup_dir": str(tmp_path / "b"), "label": "s"}, False),
-        ({**pg, "pg_database": "missing_db", "backup_dir": str(tmp_path / "b"), "label": "t"}, False),
+    results = run_tasks([
+        ("kong_migrations", {**node, "pg_password": lab.password}, True),
+        ("kong_migrations", {**node, "environment": {"pg_password": lab.password, "pg_database": "kong"}}, False),
+        ("kong_migrations", {**node, "environment": {"KONG_PG_PASSWORD": lab.password, "pg_database": "missing_db"},
+                             "state": "up"}, False),
+        ("pg_backup", {**pg, "backup_dir": str(tmp_path / "b"), "label": "s"}, False),
+        ("pg_backup", {**pg, "pg_database": "missing_db", "backup_dir": str(tmp_path / "b"), "label": "t"}, False),
+        ("kong_config_freeze", {**pg, "state": "status"}, False),
+        ("kong_config_freeze", {**pg, "pg_user": "nobody", "state": "status"}, False),
+        ("kong_node_info", {"admin_url": x1["kong_admin_url"], "admin_token": TOKEN}, False),
+        ("kong_node_info", {"admin_url": "http://127.0.0.1:9", "admin_token": TOKEN}, False),
     ], verbosity=3)
-    run_sequence("kong_config_freeze", [({**pg, "state": "status"}, False),
-                                        ({**pg, "pg_user": "nobody", "state": "status"}, False)], verbosity=3)
-    run_sequence("kong_node_info", [({"admin_url": x1["kong_admin_url"], "admin_token": TOKEN}, False),
-                                    ({"admin_url": "http://127.0.0.1:9", "admin_token": TOKEN}, False)],
-                 verbosity=3)
     assert_not_shown([lab.password, TOKEN], since)
-    outcomes = [bool(result.get("failed")) for record in RUN_LOG[since:] for result in json.loads(record.result_text)]
+    outcomes = [bool(result.get("failed")) for result in results]
     assert outcomes == [False, False, True, False, True, False, True, False, True], \
         "the runs pointed at a missing database, a wrong user or a closed port are meant to fail"
