@@ -10,7 +10,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 from ansible_runner import four_ways, run_module, run_sequence, run_tasks
-from conftest import http_request, lab_session, poll
+from itlab import http_request, lab_session, poll
 
 X, Y = "3.9.1", "3.10.0"
 RUN = "it-upgrade-42"

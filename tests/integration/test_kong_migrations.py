@@ -12,7 +12,7 @@ import time
 
 import pytest
 from ansible_runner import four_ways, run_module, run_sequence
-from conftest import http_status, lab_session, run_in_background, strip_conditional, subcommands
+from itlab import http_status, lab_session, run_in_background, strip_conditional, subcommands
 
 X, Y, Z = "2.8.4", "3.4.3", "3.9.1"
 OTHER_OWNER = "it-other-node-7f3a"

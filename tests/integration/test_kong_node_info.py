@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 from ansible_runner import run_module, run_sequence
-from conftest import http_request, lab_session, poll
+from itlab import http_request, lab_session, poll
 
 X, Y = "3.9.1", "3.10.0"
 

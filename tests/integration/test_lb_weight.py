@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from ansible_runner import four_ways, run_module, run_sequence
-from conftest import http_request, lab_session, poll, share_of, window_after
+from itlab import http_request, lab_session, poll, share_of, window_after
 
 X, Y = "3.4.0", "3.4.3"
 X_SERVERS = ["x1", "x2", "x3"]

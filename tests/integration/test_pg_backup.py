@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from ansible_runner import four_ways, run_module, run_sequence
-from conftest import lab_session
+from itlab import lab_session
 
 SEED = 10000
 SEED_SIZE = 10200  # `lab up --seed-size` is approximate; this gives more than SEED entities

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 from ansible_runner import RUN_LOG, run_tasks
-from conftest import lab_session
+from itlab import lab_session
 
 TOKEN = "it-admin-token-5b0c1d"
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 from ansible_runner import run_tasks
-from conftest import lab_session, poll
+from itlab import lab_session, poll
 
 X, Y = "3.4.0", "3.4.3"
 X_SERVERS = ["x1", "x2"]
