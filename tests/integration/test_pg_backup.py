@@ -166,3 +166,22 @@ def test_a_truncated_dump_with_a_matching_checksum_is_detected(lab, backup_dir):
     verified = run_module("pg_backup", args(lab, backup_dir, label=label, state="verified"))
     assert verified.failed and not verified["verified"]
     assert "cannot read every data block" in verified["msg"] and "end of file" in verified["msg"]
+
+
+def test_directory_format_with_parallel_jobs_round_trip(lab, backup_dir):
+    label = "parallel"
+    taken, again, restored = run_sequence("pg_backup", [
+        (args(lab, backup_dir, label=label, format="directory", jobs=2), False),
+        (args(lab, backup_dir, label=label, format="directory", jobs=2), False),
+        (args(lab, backup_dir, label=label, format="directory", jobs=2, state="restored",
+              target_database="kong_parallel"), False),
+    ])
+    assert not taken.failed and taken.changed and taken["verified"], taken.get("msg")
+    assert not again.failed and not again.changed and again["reused"]
+    assert not restored.failed and restored.changed, restored.get("msg")
+    dump = backup_dir / f"{label}.dumpdir"
+    assert dump.is_dir() and mode(dump) == 0o700
+    assert all(mode(f) == 0o600 for f in dump.iterdir()) and len(list(dump.iterdir())) > 5
+    assert counts(lab, ENTITY_TABLES, database="kong_parallel") == counts(lab, ENTITY_TABLES)
+    for table, n in taken["metadata"]["row_counts"].items():
+        assert restored["restored_row_counts"][table] == n, table
