@@ -12,11 +12,28 @@ from labctl.load import LoadGenerator
 
 PAIRS = [("3.9.1", "3.10.0"), ("2.8.4", "3.4.3")]
 
+# kong_upgrade_install_method=tasks: a user's install tasks file, included once per Y node. The lab
+# has Y installed already, so this one only records each call (a test double for an installer).
+INSTALL_TASKS = """\
+- name: Record that Kong {{ kong_upgrade_y_version }} was installed on {{ kong_upgrade_install_host }}
+  ansible.builtin.lineinfile:
+    path: "{{ install_marker }}"
+    line: "{{ kong_upgrade_install_host }} {{ kong_upgrade_y_version }}"
+    create: true
+    mode: "0600"
+  delegate_to: "{{ kong_upgrade_install_host }}"
+"""
+
 
 @pytest.mark.parametrize("x_version, y_version", PAIRS, ids=[f"{x}-to-{y}" for x, y in PAIRS])
 def test_dual_cluster_upgrade_serves_every_request_and_is_idempotent(x_version, y_version, tmp_path):
     with running_lab("--x-version", x_version, "--y-version", y_version, "--x-nodes", "2", "--y-nodes", "2") as lab:
         extra = fast_gate(lab.run_dir)
+        marker = tmp_path / "installed.txt"
+        if x_version == "2.8.4":
+            (tmp_path / "install-kong.yml").write_text(INSTALL_TASKS)
+            extra.update(kong_upgrade_install_method="tasks", kong_upgrade_install_tasks_file=str(tmp_path / "install-kong.yml"),
+                         install_marker=str(marker))
         load = LoadGenerator(lab.frontend, targets=lab.load_targets, duration=900, rate=100).start()
         try:
             first = run_playbook("upgrade_dual_cluster", lab.inventory_path, extra, tmp_path)
@@ -42,6 +59,8 @@ def test_dual_cluster_upgrade_serves_every_request_and_is_idempotent(x_version, 
         assert report["freeze_lifted"] is True
         assert [step["verdict"] for step in report["traffic_steps"]] == ["pass"] * 4
         assert report["backup"]["checksum"]
+        if x_version == "2.8.4":
+            assert marker.read_text().splitlines() == [f"{name} {y_version}" for name in lab.hosts("kong_y")]
 
         second = run_playbook("upgrade_dual_cluster", lab.inventory_path, extra, tmp_path)
         assert second.rc == 0, second.explain()
