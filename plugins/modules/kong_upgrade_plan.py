@@ -38,6 +38,12 @@ options:
     type: str
     choices: [traditional, dbless, control_plane, data_plane]
     default: traditional
+  cp_version:
+    description:
+      - With O(mode=data_plane), the version of the hybrid control plane. Both X and Y data planes must be accepted
+        by it during the upgrade (same major, data plane minor not newer than the control plane's, kong-facts 9.1);
+        otherwise the module fails before anything changes and says to upgrade the control plane first.
+    type: str
   allow_unsupported_path:
     description: Go on, with a warning, on a path Kong does not guarantee (never past a downgrade).
     type: bool
@@ -81,6 +87,11 @@ recommended_strategy:
   returned: always
   type: str
   sample: dual_cluster
+hybrid:
+  description: With O(cp_version), whether the control plane accepts X's and Y's data planes, and why.
+  returned: when O(cp_version) is given
+  type: dict
+  sample: {"cp_version": "3.10.0", "x": {"accepted": true, "reason": "..."}, "y": {"accepted": true, "reason": "..."}}
 warnings_given:
   description: The overrides that were used.
   returned: always
@@ -94,6 +105,7 @@ from ansible_collections.kongops.upgrade.plugins.module_utils._version_rules imp
     STRATEGIES,
     VersionError,
     classify_path,
+    hybrid_compatible,
     strategy_allowed,
 )
 
@@ -107,6 +119,7 @@ def main():
             y_version=dict(type="str", required=True),
             strategy=dict(type="str", choices=list(STRATEGIES)),
             mode=dict(type="str", choices=["traditional", "dbless", "control_plane", "data_plane"], default="traditional"),
+            cp_version=dict(type="str"),
             allow_unsupported_path=dict(type="bool", default=False),
             allow_unsupported_strategy=dict(type="bool", default=False),
         ),
@@ -119,11 +132,26 @@ def main():
         for name in STRATEGIES:
             allowed, reason = strategy_allowed(name, p["x_version"], p["y_version"], p["mode"])
             strategies[name] = {"allowed": allowed, "reason": reason}
+        hybrid = None
+        if p["cp_version"]:
+            hybrid = {"cp_version": p["cp_version"]}
+            for side in ("x", "y"):
+                accepted, reason = hybrid_compatible(p["cp_version"], p["%s_version" % side])
+                hybrid[side] = {"accepted": accepted, "reason": reason}
     except VersionError as exc:
         module.fail_json(msg=str(exc))
     recommended = next((s for s in PREFERENCE if strategies[s]["allowed"]), None)
     result = {"changed": False, "path": path, "strategies": strategies, "recommended_strategy": recommended,
               "warnings_given": []}
+    if hybrid is not None:
+        result["hybrid"] = hybrid
+        rejected = [hybrid[side]["reason"] for side in ("x", "y") if not hybrid[side]["accepted"]]
+        if rejected:
+            module.fail_json(msg="The control plane would reject data planes of this upgrade: %s. Nothing was "
+                                 "changed. Upgrade the control plane first (dual_cluster or in_place, mode "
+                                 "control_plane) to a version whose major is the data planes' and whose minor is at "
+                                 "least %s's, then upgrade the data planes" % ("; ".join(rejected), p["y_version"]),
+                             **result)
     if path["kind"] == "downgrade":
         module.fail_json(msg=path["reason"], **result)
     if not path["supported"]:
