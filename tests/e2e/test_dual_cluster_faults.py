@@ -1,4 +1,5 @@
-"""Dual-cluster faults before the point of no return: traffic returns to X by itself."""
+"""Dual-cluster faults: before the point of no return traffic returns to X by itself; past it,
+the failure is reported, nothing is rolled back, and the next run completes the upgrade."""
 
 from __future__ import annotations
 
@@ -71,3 +72,53 @@ def test_failure_before_point_of_no_return_returns_traffic_to_x(fault, tmp_path)
         assert report["status"] == "failed, rolled back to X"
         assert report["failure"]["phase"] == phase
         assert report["rollback"]["traffic_on_x"] is True
+
+
+def test_failure_past_point_of_no_return_is_reported_and_the_next_run_completes(tmp_path):
+    with running_lab("--x-version", X, "--y-version", Y, "--x-nodes", "2", "--y-nodes", "2") as lab:
+        # x2's kong refuses `quit`/`stop` (a wrapper in front of the real binary), so decommissioning X
+        # fails after all traffic went to Y: nothing may be rolled back any more.
+        x2 = lab.host("x2")
+        wrapper = tmp_path / "kong-that-cannot-stop"
+        wrapper.write_text('#!/bin/sh\nif [ "$1" = quit ] || [ "$1" = stop ]; then\n'
+                           '  echo "Error: injected fault: cannot stop" >&2; exit 1\nfi\n'
+                           f'exec {x2["kong_executable"]} "$@"\n')
+        wrapper.chmod(0o755)
+        original = lab.inventory_path.read_text()
+        line = f"kong_executable: {x2['kong_executable']}"
+        lines = original.splitlines(keepends=True)
+        start = next(i for i, text in enumerate(lines) if text.strip() == "x2:")
+        index = next(i for i in range(start, len(lines)) if line in lines[i])
+        lines[index] = lines[index].replace(line, f"kong_executable: {wrapper}")
+        lab.inventory_path.write_text("".join(lines))
+
+        extra = fast_gate(lab.run_dir)
+        load = LoadGenerator(lab.frontend, targets=lab.load_targets, duration=900, rate=100).start()
+        try:
+            run = run_playbook("upgrade_dual_cluster", lab.inventory_path, extra, tmp_path)
+        finally:
+            load.stop()
+        summary = load.summary()
+        assert run.rc != 0, run.explain()
+        assert "failed past the point of no return, in phase 'decommission_x'" in run.stdout, run.explain()
+        assert "Nothing was rolled back: Y serves all traffic" in run.stdout
+        assert summary["failed"] == 0, summary["failed_by_reason"]
+        report = json.loads((lab.run_dir / "reports" / f"kong-{X}-to-{Y}.json").read_text())
+        assert report["status"] == "failed after the point of no return"
+        assert report["failure"]["phase"] == "decommission_x"
+        # Y keeps all the traffic; the configuration stays frozen until the run completes.
+        after = LoadGenerator(lab.frontend, targets=lab.load_targets, duration=3, rate=100).run()
+        assert after["failed"] == 0 and set(after["ok_by_version"]) == {Y}, after["by_version"]
+        pg = {k: lab.group_vars[f"kong_{k}"] for k in ("pg_host", "pg_port", "pg_user", "pg_password", "pg_database")}
+        target = dict(pg, pg_database=report["database_in_use"])
+        assert run_module("kong_config_freeze", dict(target, state="status"))["frozen"] is True
+
+        # The operator fixes x2 (the real binary again) and runs the same playbook: it completes.
+        lab.inventory_path.write_text(original)
+        again = run_playbook("upgrade_dual_cluster", lab.inventory_path, extra, tmp_path)
+        assert again.rc == 0, again.explain()
+        for name, host in lab.hosts("kong_x").items():
+            assert admin_version(host["kong_admin_url"]) is None, f"{name} still answers after the second run"
+        assert run_module("kong_config_freeze", dict(target, state="status"))["frozen"] is False
+        report = json.loads((lab.run_dir / "reports" / f"kong-{X}-to-{Y}.json").read_text())
+        assert report["status"] == "succeeded"
