@@ -1,0 +1,137 @@
+"""Rolling upgrades end to end on the lab, under steady load through HAProxy: DB-less nodes and
+hybrid data planes (the control plane already on Y), and faults before X is retired."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+
+import pytest
+from ansible_runner import run_module
+from e2e_helpers import admin_version, fast_gate, run_playbook
+from labfixtures import running_lab
+
+from labctl.load import LoadGenerator
+
+X, Y = "3.9.1", "3.10.0"
+NODES = ("--x-version", X, "--y-version", Y, "--x-nodes", "2", "--y-nodes", "2")
+MODES = {
+    "dbless": ("--mode", "dbless"),
+    "data_plane": ("--mode", "hybrid", "--cp-version", Y),
+}
+
+
+def _configuration_hash(host):
+    with urllib.request.urlopen(host["kong_admin_url"] + "/status", timeout=3) as response:  # noqa: S310 (lab URL)
+        return json.loads(response.read())["configuration_hash"]
+
+
+def _pg(lab):
+    return {k: lab.group_vars[f"kong_{k}"] for k in ("pg_host", "pg_port", "pg_user", "pg_password", "pg_database")}
+
+
+def _report(lab):
+    return json.loads((lab.run_dir / "reports" / f"kong-{X}-to-{Y}.json").read_text())
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_rolling_upgrade_serves_every_request_keeps_the_configuration_and_is_idempotent(mode, tmp_path):
+    with running_lab(*NODES, *MODES[mode]) as lab:
+        hash_before = {_configuration_hash(host) for host in lab.hosts("kong_x").values()}
+        assert len(hash_before) == 1
+        extra = dict(fast_gate(lab.run_dir), kong_upgrade_mode=mode)
+        load = LoadGenerator(lab.frontend, targets=lab.load_targets, duration=900, rate=100).start()
+        try:
+            first = run_playbook("upgrade_rolling", lab.inventory_path, extra, tmp_path)
+        finally:
+            load.stop()
+        summary = load.summary()
+        assert first.rc == 0, first.explain()
+        assert summary["failed"] == 0, summary["failed_by_reason"]
+        assert summary["requests"] > 1000
+        assert summary["ok_by_version"].get(Y, 0) > 0, summary["by_version"]
+
+        for name, host in lab.hosts("kong_y").items():
+            assert admin_version(host["kong_admin_url"]) == Y, name
+            assert {_configuration_hash(host)} == hash_before, name
+        for name, host in lab.hosts("kong_x").items():
+            assert admin_version(host["kong_admin_url"]) is None, f"{name} still answers after it was retired"
+        after = LoadGenerator(lab.frontend, targets=lab.load_targets, duration=3, rate=100).run()
+        assert after["failed"] == 0 and set(after["ok_by_version"]) == {Y}, after["by_version"]
+
+        report = _report(lab)
+        assert (lab.run_dir / "reports" / f"kong-{X}-to-{Y}.md").is_file()
+        assert report["status"] == "succeeded" and report["strategy"] == "rolling"
+        assert {report["configuration_hash"]["at_freeze"]} == hash_before
+        assert set(report["configuration_hash"]["y_nodes"].values()) == hash_before
+        assert report["fingerprints"]["verified"]["hash"] == report["fingerprints"]["at_freeze"]["hash"]
+        # One Y node per batch: batch 1 takes Y to 50 % through the gated 10 and 25 % steps.
+        assert [b["nodes"] for b in report["batches"]] == [["y1"], ["y2"]]
+        assert [[s["percent"] for s in b["steps"]] for b in report["batches"]] == [[10, 25, 50], [100]]
+        assert [step["verdict"] for step in report["traffic_steps"]] == ["pass"] * 4
+        assert report["backup"]["checksum"]
+        if mode == "data_plane":
+            assert report["freeze_lifted"] is True
+            assert run_module("kong_config_freeze", dict(_pg(lab), state="status"))["frozen"] is False
+            listed = json.loads(urllib.request.urlopen(  # noqa: S310 (lab URL)
+                lab.host("cp1")["kong_admin_url"] + "/clustering/data-planes", timeout=3).read())["data"]
+            y_rows = [dp for dp in listed if dp["version"] == Y]
+            assert len(y_rows) == 2 and {dp["sync_status"] for dp in y_rows} == {"normal"}
+            assert {dp["config_hash"] for dp in y_rows} == hash_before
+
+        second = run_playbook("upgrade_rolling", lab.inventory_path, extra, tmp_path)
+        assert second.rc == 0, second.explain()
+        assert second.changed == 0, second.explain()
+
+
+FAULTS = {
+    # DB-less: y1 cannot start (its proxy_listen is an address x1 holds): y1 never gets traffic.
+    "y_fails_to_start": ("dbless", None, "batch 1: start_y"),
+    # Hybrid: y1 answers 5xx for half its requests once it gets its 10 % (emulator faults file).
+    "y_returns_5xx_at_10_percent": ("data_plane", {"proxy_5xx_rate": 0.5, "status": 503}, "batch 1: shift_traffic"),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+def test_rolling_failure_before_x_is_retired_returns_traffic_to_x(fault, tmp_path):
+    mode, fault_file, phase = FAULTS[fault]
+    with running_lab(*NODES, *MODES[mode]) as lab:
+        extra = dict(fast_gate(lab.run_dir), kong_upgrade_mode=mode)
+        if fault_file:
+            for host in lab.hosts("kong_y").values():
+                prefix = lab.run_dir / "nodes" / host["kong_lb_server_name"]
+                prefix.mkdir(parents=True, exist_ok=True)
+                (prefix / "emulator_faults.json").write_text(json.dumps(fault_file))
+        else:
+            extra["kong_upgrade_y_conf_overrides"] = {"proxy_listen": lab.host("x1")["kong_proxy_listen"]}
+        load = LoadGenerator(lab.frontend, targets=lab.load_targets, duration=900, rate=100).start()
+        try:
+            run = run_playbook("upgrade_rolling", lab.inventory_path, extra, tmp_path)
+        finally:
+            load.stop()
+        summary = load.summary()
+
+        assert run.rc != 0, run.explain()
+        assert f"The rolling upgrade failed in phase '{phase}'" in run.stdout, run.explain()
+        assert "Fix the cause and run the playbook again" in run.stdout
+        if fault_file:
+            # Only the injected answers failed, and only while y1 had its 10 % share.
+            assert set(summary["failed_by_reason"]) <= {"http_503"}, summary["failed_by_reason"]
+            assert 0 < summary["failed"] < 0.1 * summary["requests"]
+        else:
+            assert summary["failed"] == 0, summary["failed_by_reason"]
+
+        # All traffic on X, the Y nodes stopped, X serving, the freeze lifted (hybrid).
+        after = LoadGenerator(lab.frontend, targets=lab.load_targets, duration=3, rate=100).run()
+        assert after["failed"] == 0 and set(after["ok_by_version"]) == {X}, after["by_version"]
+        for name, host in lab.hosts("kong_x").items():
+            assert admin_version(host["kong_admin_url"]) == X, name
+        for name, host in lab.hosts("kong_y").items():
+            assert admin_version(host["kong_admin_url"]) is None, f"{name} still runs after the rollback"
+        report = _report(lab)
+        assert report["status"] == "failed, rolled back to X"
+        assert report["failure"]["phase"] == phase
+        assert report["rollback"]["traffic_on_x"] is True and report["rollback"]["y_stopped"] is True
+        if mode == "data_plane":
+            assert report["rollback"]["thawed"] is True
+            assert run_module("kong_config_freeze", dict(_pg(lab), state="status"))["frozen"] is False
