@@ -7,6 +7,7 @@ import json
 import urllib.request
 
 import pytest
+import yaml
 from ansible_runner import run_module
 from e2e_helpers import admin_version, fast_gate, run_playbook
 from labfixtures import running_lab
@@ -135,3 +136,62 @@ def test_rolling_failure_before_x_is_retired_returns_traffic_to_x(fault, tmp_pat
         if mode == "data_plane":
             assert report["rollback"]["thawed"] is True
             assert run_module("kong_config_freeze", dict(_pg(lab), state="status"))["frozen"] is False
+
+
+def test_rolling_same_host_restores_x_on_a_failed_host_and_resumes(tmp_path):
+    # DB-less, each host upgraded in place behind HAProxy. x2's Y cannot start (a wrapper in front
+    # of Y's kong refuses `start`): x1 stays on Y, x2 gets X back; a run without the fault resumes.
+    with running_lab(*NODES, *MODES["dbless"]) as lab:
+        y_kong = lab.host("y1")["kong_executable"]
+        wrapper = tmp_path / "kong-that-cannot-start"
+        wrapper.write_text('#!/bin/sh\nif [ "$1" = start ]; then\n'
+                           '  echo "Error: injected fault: cannot start" >&2; exit 1\nfi\n'
+                           f'exec {y_kong} "$@"\n')
+        wrapper.chmod(0o755)
+        original = lab.inventory_path.read_text()
+        faulty = yaml.safe_load(original)
+        faulty["all"]["children"]["kong_x"]["hosts"]["x2"]["kong_y_executable"] = str(wrapper)
+        lab.inventory_path.write_text(yaml.safe_dump(faulty))
+        hash_before = {_configuration_hash(host) for host in lab.hosts("kong_x").values()}
+        extra = dict(fast_gate(lab.run_dir), kong_upgrade_mode="dbless", kong_upgrade_rolling_same_host=True,
+                     kong_upgrade_rolling_y_executable=y_kong)
+
+        load = LoadGenerator(lab.frontend, targets=lab.load_targets, duration=900, rate=100).start()
+        try:
+            failed = run_playbook("upgrade_rolling", lab.inventory_path, extra, tmp_path)
+        finally:
+            load.stop()
+        summary = load.summary()
+        assert failed.rc != 0, failed.explain()
+        assert "The rolling upgrade (same-host) failed in phase 'batch 2: start_y'" in failed.stdout, failed.explain()
+        assert "X started again on x2" in failed.stdout and "stay on Y: x1" in failed.stdout, failed.explain()
+        assert summary["failed"] == 0, summary["failed_by_reason"]
+        assert admin_version(lab.host("x1")["kong_admin_url"]) == Y
+        assert admin_version(lab.host("x2")["kong_admin_url"]) == X
+        after = LoadGenerator(lab.frontend, targets=lab.load_targets, duration=3, rate=100).run()
+        assert after["failed"] == 0 and set(after["ok_by_version"]) == {X, Y}, after["by_version"]
+        report = _report(lab)
+        assert report["status"] == "failed, rolled back to X"
+        assert report["rollback"]["hosts_restored_to_x"] == ["x2"] and report["rollback"]["x_serving_again"] is True
+
+        # Fixed: the run resumes with x2 only (x1 already runs Y) and completes.
+        lab.inventory_path.write_text(original)
+        load = LoadGenerator(lab.frontend, targets=lab.load_targets, duration=900, rate=100).start()
+        try:
+            resumed = run_playbook("upgrade_rolling", lab.inventory_path, extra, tmp_path)
+        finally:
+            load.stop()
+        summary = load.summary()
+        assert resumed.rc == 0, resumed.explain()
+        assert summary["failed"] == 0, summary["failed_by_reason"]
+        for name, host in lab.hosts("kong_x").items():
+            assert admin_version(host["kong_admin_url"]) == Y, name
+            assert {_configuration_hash(host)} == hash_before, name
+        report = _report(lab)
+        assert report["status"] == "succeeded"
+        assert [b["nodes"] for b in report["batches"]] == [["x2"]]
+        assert {report["configuration_hash"]["at_freeze"]} == hash_before
+
+        again = run_playbook("upgrade_rolling", lab.inventory_path, extra, tmp_path)
+        assert again.rc == 0, again.explain()
+        assert again.changed == 0, again.explain()
