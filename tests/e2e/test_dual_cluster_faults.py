@@ -72,6 +72,7 @@ def test_failure_before_point_of_no_return_returns_traffic_to_x(fault, tmp_path)
         assert report["status"] == "failed, rolled back to X"
         assert report["failure"]["phase"] == phase
         assert report["rollback"]["traffic_on_x"] is True
+        assert report["rollback"]["thawed"] is True and report["freeze_lifted"] is True
 
 
 def test_failure_past_point_of_no_return_is_reported_and_the_next_run_completes(tmp_path):
@@ -122,3 +123,7 @@ def test_failure_past_point_of_no_return_is_reported_and_the_next_run_completes(
         assert run_module("kong_config_freeze", dict(target, state="status"))["frozen"] is False
         report = json.loads((lab.run_dir / "reports" / f"kong-{X}-to-{Y}.json").read_text())
         assert report["status"] == "succeeded"
+        # Both runs' reports are kept: the failed one and the one that completed.
+        history = sorted((lab.run_dir / "reports" / "history").glob(f"kong-{X}-to-{Y}-*.json"))
+        statuses = sorted(json.loads(path.read_text())["status"] for path in history)
+        assert statuses == ["failed after the point of no return", "succeeded"], history
