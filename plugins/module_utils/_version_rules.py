@@ -185,7 +185,8 @@ def strategy_allowed(strategy, current, target, mode="traditional"):
     stateless = mode in ("dbless", "data_plane")
     if strategy == "rolling" and not stateless:
         return False, ("rolling is documented for DB-less nodes and hybrid data planes only; %s nodes share a "
-                       "database, use dual_cluster, in_place or blue_green" % mode.replace("_", " "))
+                       "database, use dual_cluster, in_place or blue_green (if these are DB-less nodes or data planes, "
+                       "say so with kong_upgrade_mode dbless or data_plane)" % mode.replace("_", " "))
     if strategy != "rolling" and stateless:
         return False, ("%s nodes have no database to migrate: use the rolling strategy (data planes after their "
                        "control planes)" % mode.replace("_", " "))

@@ -195,3 +195,26 @@ def test_rolling_same_host_restores_x_on_a_failed_host_and_resumes(tmp_path):
         again = run_playbook("upgrade_rolling", lab.inventory_path, extra, tmp_path)
         assert again.rc == 0, again.explain()
         assert again.changed == 0, again.explain()
+
+
+def test_rolling_preflight_refuses_a_control_plane_older_than_y_and_a_wrong_mode(tmp_path):
+    # The control plane still runs 3.9.1: it would reject 3.10.0 data planes (kong-facts 9.1).
+    with running_lab("--x-version", X, "--y-version", Y, "--x-nodes", "2", "--y-nodes", "2",
+                     "--mode", "hybrid", "--cp-version", X) as lab:
+        extra = dict(fast_gate(lab.run_dir), kong_upgrade_mode="data_plane")
+        skew = run_playbook("upgrade_rolling", lab.inventory_path, extra, tmp_path)
+        assert skew.rc != 0 and skew.changed == 0, skew.explain()
+        assert (f"data plane version {Y} is incompatible with older control plane version {X}" in skew.stdout
+                and "Upgrade the control plane first" in skew.stdout), skew.explain()
+
+        extra["kong_upgrade_mode"] = "dbless"
+        wrong = run_playbook("upgrade_rolling", lab.inventory_path, extra, tmp_path)
+        assert wrong.rc != 0 and wrong.changed == 0, wrong.explain()
+        assert "x1 runs as mode hybrid, role data_plane, but kong_upgrade_mode is dbless" in wrong.stdout, wrong.explain()
+
+        # Nothing changed: no freeze, no Y node, X serves everything.
+        assert run_module("kong_config_freeze", dict(_pg(lab), state="status"))["frozen"] is False
+        for name, host in lab.hosts("kong_y").items():
+            assert admin_version(host["kong_admin_url"]) is None, name
+        after = LoadGenerator(lab.frontend, targets=lab.load_targets, duration=2, rate=100).run()
+        assert after["failed"] == 0 and set(after["ok_by_version"]) == {X}, after["by_version"]
