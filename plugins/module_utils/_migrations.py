@@ -187,7 +187,8 @@ class MigrationsRunner:
             raise MigrationsError(str(exc)) from exc
         before = self.read_state()
         predicted = self.plan(before)
-        result = {"state_before": before, "planned": predicted}
+        result = {"state_before": before, "planned": predicted,
+                  "lock": self.lock_reader() if self.lock_reader else None}
         if check_mode:
             result.update(changed=bool(predicted), state_after=before, commands=[])
             result["diff"] = {"before": summarize(before), "after": _predicted_summary(before, predicted)}

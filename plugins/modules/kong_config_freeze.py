@@ -101,7 +101,7 @@ EXAMPLES = r"""
     pg_host: db.example.internal
     pg_password: "{{ vault_kong_pg_password }}"
     state: frozen
-    run_id: "upgrade-{{ ansible_date_time.iso8601_basic_short }}"
+    run_id: kong-3.9.1-to-3.10.0
   register: freeze
 
 - name: Prove Y's database holds X's configuration (dual-cluster)
@@ -112,11 +112,12 @@ EXAMPLES = r"""
     compare_database: kong
     state: verified
 
-- name: Thaw
+- name: Thaw (the run that froze lifts it; another run_id needs force=true)
   kongops.upgrade.kong_config_freeze:
     pg_host: db.example.internal
     pg_password: "{{ vault_kong_pg_password }}"
     state: thawed
+    run_id: kong-3.9.1-to-3.10.0
 """
 
 RETURN = r"""

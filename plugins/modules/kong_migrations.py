@@ -152,6 +152,24 @@ commands:
   sample: [{"cmd": "/usr/local/bin/kong migrations up -c /etc/kong/kong.conf --lock-timeout 60", "rc": 0,
             "stdout_lines": ["migrating core on database 'kong'...", "core migrated up to: 016_280_to_300 (pending)"],
             "stderr_lines": []}]
+lock:
+  description:
+    - The C(migrations) row of Kong's C(locks) table as read before anything ran, or V(null) when there is none
+      or C(psql) is not on the node (then the lock is not read).
+    - A row that has not expired means another node is running migrations now.
+  returned: always
+  type: dict
+  sample: {"owner": "3f0c2b8e-1b9d-4b47-9a07-7c1fd0e6a1f5", "ttl": "2026-11-22 09:41:07.12+00", "expired": false}
+  contains:
+    owner:
+      description: The lock's owner (a node id).
+      type: str
+    ttl:
+      description: When the lock expires.
+      type: str
+    expired:
+      description: Whether it has expired (a crashed node's row, which Kong removes when it next takes the lock).
+      type: bool
 waited_for_lock_seconds:
   description: Seconds spent waiting for another node that held the migration lock.
   returned: when not in check mode

@@ -123,6 +123,8 @@ def test_a_live_lock_is_reported_with_owner_and_expiry(lab, state):
     assert rows == [(OTHER_OWNER,)], "the module must never delete another node's live lock"
     assert elapsed < 30, "lock_wait_timeout must bound the wait, not Kong's 60 s --lock-timeout"
     assert after["state_before"]["state"] == "new" and total(after["state_before"]["new"]) == 15
+    # The read-only status reports the live lock (preflight refuses to start on it).
+    assert after["lock"]["owner"] == OTHER_OWNER and after["lock"]["expired"] is False
 
 
 def test_up_2_8_to_3_4_expands_and_x_keeps_serving(lab):

@@ -135,7 +135,7 @@ def test_failed_command_reports_kongs_error_line():
 def test_a_live_lock_is_waited_on_before_anything_runs():
     """`up` would block inside Kong for its whole --lock-timeout: the runner waits itself."""
     holder = {"owner": "node-b", "ttl": "2026-01-01 00:01:00+00", "expired": False}
-    locks = [holder, holder, None]
+    locks = [holder, holder, holder, None]  # read for the result first, then before each attempt
     cli = FakeCli([NEW, NEW, NEW, PENDING])
     clock = iter(range(0, 1000, 1))
     runner = MigrationsRunner(cli, "up", clock=lambda: next(clock), sleep=lambda _s: None,
@@ -143,6 +143,7 @@ def test_a_live_lock_is_waited_on_before_anything_runs():
     result = runner.ensure()
     assert cli.ran == ["migrations up"]
     assert result["changed"] and result["waited_for_lock_seconds"] > 0
+    assert result["lock"] == holder
 
 
 def test_a_live_lock_past_the_deadline_names_owner_and_expiry():
