@@ -27,7 +27,10 @@ def _pg(lab):
 def test_blue_green_upgrade_serves_every_request_and_is_idempotent(x_version, y_version, has_migrations, tmp_path):
     lab_args = ("--x-version", x_version, "--y-version", y_version, "--x-nodes", "2", "--y-nodes", "2")
     with running_lab(*lab_args) as lab:
-        extra = dict(fast_gate(lab.run_dir), kong_upgrade_blue_green_soak_seconds=3)
+        # An Admin token (as for an RBAC-protected Admin API; the emulator ignores it) must never
+        # show in the output or the reports.
+        token = "kongtoken-e2e-" + x_version.replace(".", "")
+        extra = dict(fast_gate(lab.run_dir), kong_upgrade_blue_green_soak_seconds=3, kong_upgrade_admin_token=token)
         load = LoadGenerator(lab.frontend, targets=lab.load_targets, duration=900, rate=100).start()
         try:
             first = run_playbook("upgrade_blue_green", lab.inventory_path, extra, tmp_path)
@@ -38,6 +41,8 @@ def test_blue_green_upgrade_serves_every_request_and_is_idempotent(x_version, y_
         assert summary["failed"] == 0, summary["failed_by_reason"]
         assert summary["requests"] > 1000
         assert summary["ok_by_version"].get(y_version, 0) > 0, summary["by_version"]
+        assert token not in first.stdout + first.stderr
+        assert not [path for path in (lab.run_dir / "reports").rglob("*") if path.is_file() and token in path.read_text()]
 
         for name, host in lab.hosts("kong_y").items():
             assert admin_version(host["kong_admin_url"]) == y_version, name
