@@ -37,20 +37,43 @@ def _report(lab):
 
 @pytest.mark.parametrize("mode", sorted(MODES))
 def test_rolling_upgrade_serves_every_request_keeps_the_configuration_and_is_idempotent(mode, tmp_path):
+    # Hybrid also stops before retiring X (kong_upgrade_finalize=false, an approval step) and resumes.
+    hybrid = mode == "data_plane"
     with running_lab(*NODES, *MODES[mode]) as lab:
         hash_before = {_configuration_hash(host) for host in lab.hosts("kong_x").values()}
         assert len(hash_before) == 1
         extra = dict(fast_gate(lab.run_dir), kong_upgrade_mode=mode)
         load = LoadGenerator(lab.frontend, targets=lab.load_targets, duration=900, rate=100).start()
         try:
-            first = run_playbook("upgrade_rolling", lab.inventory_path, extra, tmp_path)
+            first = run_playbook("upgrade_rolling", lab.inventory_path, dict(extra, kong_upgrade_finalize=not hybrid),
+                                 tmp_path)
+            report = _report(lab)
+            if hybrid:
+                assert first.rc == 0, first.explain()
+                assert report["stopped_before_point_of_no_return"] is True and report["freeze_lifted"] is False
+                for name, host in lab.hosts("kong_x").items():
+                    assert admin_version(host["kong_admin_url"]) == X, f"{name} was retired before the approval"
+                resumed = run_playbook("upgrade_rolling", lab.inventory_path, extra, tmp_path)
         finally:
             load.stop()
         summary = load.summary()
+        print(f"rolling {mode}: {summary['requests']} requests, {summary['failed']} failed, by version "
+              f"{summary['ok_by_version']}")
         assert first.rc == 0, first.explain()
         assert summary["failed"] == 0, summary["failed_by_reason"]
         assert summary["requests"] > 1000
         assert summary["ok_by_version"].get(Y, 0) > 0, summary["by_version"]
+
+        # One Y node per batch: batch 1 takes Y to 50 % through the gated 10 and 25 % steps.
+        assert [b["nodes"] for b in report["batches"]] == [["y1"], ["y2"]]
+        assert [[s["percent"] for s in b["steps"]] for b in report["batches"]] == [[10, 25, 50], [100]]
+        assert [step["verdict"] for step in report["traffic_steps"]] == ["pass"] * 4
+        assert (lab.run_dir / "reports" / f"kong-{X}-to-{Y}.md").is_file()
+        if hybrid:
+            assert resumed.rc == 0, resumed.explain()
+            report = _report(lab)
+            # The resumed run repeats only the last step (Y already had 100 %), then retires X.
+            assert [step["percent"] for step in report["traffic_steps"]] == [100]
 
         for name, host in lab.hosts("kong_y").items():
             assert admin_version(host["kong_admin_url"]) == Y, name
@@ -60,18 +83,12 @@ def test_rolling_upgrade_serves_every_request_keeps_the_configuration_and_is_ide
         after = LoadGenerator(lab.frontend, targets=lab.load_targets, duration=3, rate=100).run()
         assert after["failed"] == 0 and set(after["ok_by_version"]) == {Y}, after["by_version"]
 
-        report = _report(lab)
-        assert (lab.run_dir / "reports" / f"kong-{X}-to-{Y}.md").is_file()
         assert report["status"] == "succeeded" and report["strategy"] == "rolling"
         assert {report["configuration_hash"]["at_freeze"]} == hash_before
         assert set(report["configuration_hash"]["y_nodes"].values()) == hash_before
         assert report["fingerprints"]["verified"]["hash"] == report["fingerprints"]["at_freeze"]["hash"]
-        # One Y node per batch: batch 1 takes Y to 50 % through the gated 10 and 25 % steps.
-        assert [b["nodes"] for b in report["batches"]] == [["y1"], ["y2"]]
-        assert [[s["percent"] for s in b["steps"]] for b in report["batches"]] == [[10, 25, 50], [100]]
-        assert [step["verdict"] for step in report["traffic_steps"]] == ["pass"] * 4
         assert report["backup"]["checksum"]
-        if mode == "data_plane":
+        if hybrid:
             assert report["freeze_lifted"] is True
             assert run_module("kong_config_freeze", dict(_pg(lab), state="status"))["frozen"] is False
             listed = json.loads(urllib.request.urlopen(  # noqa: S310 (lab URL)
@@ -111,6 +128,8 @@ def test_rolling_failure_before_x_is_retired_returns_traffic_to_x(fault, tmp_pat
         finally:
             load.stop()
         summary = load.summary()
+        print(f"rolling fault {fault}: {summary['requests']} requests, {summary['failed']} failed "
+              f"{summary['failed_by_reason']}")
 
         assert run.rc != 0, run.explain()
         assert f"The rolling upgrade failed in phase '{phase}'" in run.stdout, run.explain()
@@ -162,6 +181,7 @@ def test_rolling_same_host_restores_x_on_a_failed_host_and_resumes(tmp_path):
         finally:
             load.stop()
         summary = load.summary()
+        print(f"rolling same-host, x2 fails: {summary['requests']} requests, {summary['failed']} failed")
         assert failed.rc != 0, failed.explain()
         assert "The rolling upgrade (same-host) failed in phase 'batch 2: start_y'" in failed.stdout, failed.explain()
         assert "X started again on x2" in failed.stdout and "stay on Y: x1" in failed.stdout, failed.explain()
@@ -182,6 +202,7 @@ def test_rolling_same_host_restores_x_on_a_failed_host_and_resumes(tmp_path):
         finally:
             load.stop()
         summary = load.summary()
+        print(f"rolling same-host, resumed: {summary['requests']} requests, {summary['failed']} failed")
         assert resumed.rc == 0, resumed.explain()
         assert summary["failed"] == 0, summary["failed_by_reason"]
         for name, host in lab.hosts("kong_x").items():
