@@ -4,6 +4,7 @@ hybrid data planes (the control plane already on Y), and faults before X is reti
 from __future__ import annotations
 
 import json
+import subprocess
 import urllib.request
 
 import pytest
@@ -37,7 +38,8 @@ def _report(lab):
 
 @pytest.mark.parametrize("mode", sorted(MODES))
 def test_rolling_upgrade_serves_every_request_keeps_the_configuration_and_is_idempotent(mode, tmp_path):
-    # Hybrid also stops before retiring X (kong_upgrade_finalize=false, an approval step) and resumes.
+    # Hybrid also stops before retiring X (kong_upgrade_finalize=false, an approval step); then a run
+    # that retires X is interrupted after x1 stopped, and the next run resumes there.
     hybrid = mode == "data_plane"
     with running_lab(*NODES, *MODES[mode]) as lab:
         hash_before = {_configuration_hash(host) for host in lab.hosts("kong_x").values()}
@@ -50,12 +52,15 @@ def test_rolling_upgrade_serves_every_request_keeps_the_configuration_and_is_ide
         try:
             first = run_playbook("upgrade_rolling", lab.inventory_path, dict(extra, kong_upgrade_finalize=not hybrid),
                                  tmp_path)
-            report = _report(lab)
+            report = first_report = _report(lab)
             if hybrid:
                 assert first.rc == 0, first.explain()
                 assert report["stopped_before_point_of_no_return"] is True and report["freeze_lifted"] is False
                 for name, host in lab.hosts("kong_x").items():
                     assert admin_version(host["kong_admin_url"]) == X, f"{name} was retired before the approval"
+                x1 = lab.host("x1")
+                subprocess.run([x1["kong_executable"], "quit", "-p", x1["kong_prefix"]], check=True,
+                               capture_output=True, timeout=60)
                 resumed = run_playbook("upgrade_rolling", lab.inventory_path, extra, tmp_path)
         finally:
             load.stop()
@@ -75,8 +80,9 @@ def test_rolling_upgrade_serves_every_request_keeps_the_configuration_and_is_ide
         if hybrid:
             assert resumed.rc == 0, resumed.explain()
             report = _report(lab)
-            # The resumed run repeats only the last step (Y already had 100 %), then retires X.
-            assert [step["percent"] for step in report["traffic_steps"]] == [100]
+            # The resumed run goes on retiring X (x2) and thaws; traffic never moved back.
+            assert "a previous run stopped past the point of no return (1 of 2 X nodes still run" in resumed.stdout
+            assert report["traffic_steps"] == [] and report["status"] == "succeeded"
 
         for name, host in lab.hosts("kong_y").items():
             assert admin_version(host["kong_admin_url"]) == Y, name
@@ -87,10 +93,10 @@ def test_rolling_upgrade_serves_every_request_keeps_the_configuration_and_is_ide
         assert after["failed"] == 0 and set(after["ok_by_version"]) == {Y}, after["by_version"]
 
         assert report["status"] == "succeeded" and report["strategy"] == "rolling"
-        assert {report["configuration_hash"]["at_freeze"]} == hash_before
         assert set(report["configuration_hash"]["y_nodes"].values()) == hash_before
-        assert report["fingerprints"]["verified"]["hash"] == report["fingerprints"]["at_freeze"]["hash"]
-        assert report["backup"]["checksum"]
+        assert report["fingerprints"]["verified"]["hash"] == first_report["fingerprints"]["at_freeze"]["hash"]
+        assert {first_report["configuration_hash"]["at_freeze"]} == hash_before
+        assert first_report["backup"]["checksum"]
         if hybrid:
             assert report["freeze_lifted"] is True
             assert run_module("kong_config_freeze", dict(_pg(lab), state="status"))["frozen"] is False
