@@ -8,13 +8,16 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum < requirements-dev.txt | cut -d' ' -f1)
 LAB := tests/lab/lab
 PYTEST_ARGS ?=
+# Molecule scenario for `make molecule` (molecule/<name>); `make test` runs the default one.
+SCENARIO ?= blue_green
 
-.PHONY: help setup system-packages demo test lint ruff ansible-lint sanity pytest lab-down clean
+.PHONY: help setup system-packages demo test lint ruff ansible-lint sanity pytest molecule lab-down clean
 
 help:
 	@echo "make demo    lab up (3.9.1 -> 3.10.0), dual-cluster upgrade under load, report, lab down"
-	@echo "make test    every check and test: ruff, ansible-lint, ansible-test sanity, pytest"
+	@echo "make test    every check and test: ruff, ansible-lint, ansible-test sanity, pytest, molecule ($(SCENARIO))"
 	@echo "make setup   only install what the two above need (apt packages, $(VENV))"
+	@echo "make molecule SCENARIO=dual_cluster|blue_green|in_place   one molecule scenario on the lab"
 
 setup: system-packages $(STAMP) build/collections/ansible_collections/kongops/upgrade
 
@@ -34,7 +37,7 @@ $(STAMP): requirements-dev.txt
 demo: setup
 	@tests/lab/demo.sh
 
-test: setup lint sanity pytest
+test: setup lint sanity pytest molecule
 
 lint: ruff ansible-lint
 
@@ -49,6 +52,11 @@ sanity:
 
 pytest:
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Create (lab up), converge (the upgrade playbook), idempotence, verify, destroy (lab down);
+# honours KONG_LAB_NET and KONG_LAB_RUN_DIR. See molecule/README.md.
+molecule: setup
+	PATH=$(VENV)/bin:$$PATH $(VENV)/bin/molecule test -s $(SCENARIO)
 
 lab-down:
 	@$(LAB) down
