@@ -17,7 +17,7 @@ help:
 	@echo "make demo    lab up (3.9.1 -> 3.10.0), dual-cluster upgrade under load, report, lab down"
 	@echo "make test    every check and test: ruff, ansible-lint, ansible-test sanity, pytest, molecule ($(SCENARIO))"
 	@echo "make setup   only install what the two above need (apt packages, $(VENV))"
-	@echo "make molecule SCENARIO=dual_cluster|blue_green|in_place   one molecule scenario on the lab"
+	@echo "make molecule SCENARIO=dual_cluster|blue_green|in_place|rolling   one molecule scenario on the lab"
 
 setup: system-packages $(STAMP) build/collections/ansible_collections/kongops/upgrade
 
