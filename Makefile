@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell cksum < requirements-dev.txt | cut -d' ' -f1
 LAB := tests/lab/lab
 PYTEST_ARGS ?=
 # Molecule scenario for `make molecule` (molecule/<name>); `make test` runs the default one.
-SCENARIO ?= blue_green
+SCENARIO ?= in_place
 
 .PHONY: help setup system-packages demo test lint ruff ansible-lint sanity pytest molecule lab-down clean
 
@@ -56,7 +56,7 @@ pytest:
 # Create (lab up), converge (the upgrade playbook), idempotence, verify, destroy (lab down);
 # honours KONG_LAB_NET and KONG_LAB_RUN_DIR. See molecule/README.md.
 molecule: setup
-	PATH=$(VENV)/bin:$$PATH $(VENV)/bin/molecule test -s $(SCENARIO)
+	PATH=$(abspath $(VENV))/bin:$$PATH $(VENV)/bin/molecule test -s $(SCENARIO)
 
 lab-down:
 	@$(LAB) down
