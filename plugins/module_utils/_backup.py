@@ -255,7 +255,10 @@ class Backup:
                                   "Free space or choose another backup_dir (or set check_space=false if you know "
                                   "the dump compresses well)" % (directory, free, db_size))
 
-    def take(self, facts):
+    def take(self, facts, fingerprint=None, archive_as=None):
+        """A new verified backup. ``fingerprint`` (the database's content fingerprint now) goes into the
+        metadata; with ``archive_as`` the backup that had this label is kept under that label instead of
+        being replaced, once the new dump is written."""
         os.makedirs(self.paths.dir, mode=0o700, exist_ok=True)
         os.chmod(self.paths.dir, 0o700)
         partial = self.paths.dump + ".partial"
@@ -302,6 +305,10 @@ class Backup:
             "row_counts": counts,
             "config_tables": sorted(t for t in counts if is_config_table(t)),
         }
+        if fingerprint is not None:
+            meta["fingerprint"] = fingerprint
+        if archive_as is not None and self.paths.exists():
+            self.archive(archive_as)
         if os.path.exists(self.paths.dump):
             previous = self.paths.dump + ".previous"
             if os.path.isdir(previous):
@@ -319,6 +326,29 @@ class Backup:
             elif os.path.exists(leftover):
                 os.unlink(leftover)
         return verified
+
+    def archive(self, label):
+        """Keep the backup of this label under ``label`` (its dump, checksum and metadata renamed, the
+        metadata saying which label it had); it stays verifiable and restorable under the new label."""
+        target = BackupPaths(self.paths.dir, label, self.paths.format)
+        if target.exists():
+            raise BackupError("cannot keep the previous backup as %s: files with that label exist in %s"
+                              % (label, self.paths.dir))
+        meta = self.read_meta() if os.path.exists(self.paths.meta) else {}
+        if os.path.exists(self.paths.dump):
+            os.rename(self.paths.dump, target.dump)
+        recorded = ""
+        if os.path.exists(self.paths.checksum):
+            with open(self.paths.checksum) as handle:
+                recorded = (handle.read().split() or [""])[0]
+            os.unlink(self.paths.checksum)
+        if recorded:
+            _write_private(target.checksum, "%s  %s\n" % (recorded, os.path.basename(target.dump)))
+        meta.update(label=label, file=os.path.basename(target.dump), superseded_label=self.paths.label)
+        _write_private(target.meta, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        if os.path.exists(self.paths.meta):
+            os.unlink(self.paths.meta)
+        return target
 
     @staticmethod
     def _chmod_tree(path):

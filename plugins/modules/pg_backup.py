@@ -16,7 +16,9 @@ description:
   - A backup is verified before the module reports success, and before it is reused or restored, by its checksum,
     C(pg_restore --list) (a table of contents with data for every table counted in the metadata), and a full read
     of every data block (C(pg_restore --file /dev/null)), which finds a dump truncated or damaged before its
-    checksum was taken. An existing verified backup with the same O(label) is reused unless O(force).
+    checksum was taken. An existing verified backup with the same O(label) is reused unless O(force), or unless
+    O(fingerprint) says the database changed since that backup was taken (then a new backup is taken and the old
+    one is kept under another label, see RV(superseded)).
   - V(restored) verifies a backup, then restores it into O(target_database), creating that database when it is
     missing, and checks every table's row count against the metadata. A restored database is marked (a database
     comment naming the backup and its checksum), so running again changes nothing.
@@ -81,6 +83,24 @@ options:
       - Refuse to start a backup when the destination has less free space than the database's size.
     type: bool
     default: true
+  fingerprint:
+    description:
+      - With V(present), a fingerprint of the database's content now, for example the C(fingerprint.hash) that
+        M(kongops.upgrade.kong_config_freeze) returns once writes are frozen. It is stored in the backup's metadata.
+      - An existing backup with O(label) is reused only when its metadata holds this same fingerprint. Otherwise
+        the database changed since that backup was taken (for example a failed run thawed it and admins wrote to
+        it before this run), so restoring it would lose those writes; a new backup is taken, and the old one is
+        kept, verifiable and restorable, under the label C(<label>.superseded-<time it was taken>).
+      - Without it, an existing verified backup is reused whatever changed since.
+    type: str
+  replace_restored:
+    description:
+      - With V(restored), a target database that was restored earlier from another backup with this same O(label)
+        (its marker names O(label) with another checksum, as after a new backup superseded an old one) is dropped
+        and restored again from this backup. It must have no open connections.
+      - A target database holding anything else is still refused unless O(force).
+    type: bool
+    default: false
 attributes:
   check_mode:
     support: full
@@ -101,6 +121,15 @@ EXAMPLES = r"""
     backup_dir: /var/backups/kong
     label: pre-upgrade-3.10.0
   register: backup
+
+- name: Back up after the freeze, taking a new backup if the database changed since an earlier one
+  kongops.upgrade.pg_backup:
+    pg_host: db.example.internal
+    pg_password: "{{ vault_kong_pg_password }}"
+    pg_database: kong
+    backup_dir: /var/backups/kong
+    label: pre-upgrade-3.10.0
+    fingerprint: "{{ freeze.fingerprint.hash }}"
 
 - name: Restore it into the database of the new cluster (dual-cluster)
   kongops.upgrade.pg_backup:
@@ -134,10 +163,25 @@ reused:
   description: Whether an existing verified backup was reused.
   returned: with O(state=present)
   type: bool
+superseded:
+  description:
+    - The label under which the previous backup with O(label) was kept, because O(fingerprint) showed the
+      database changed since it was taken (in check mode, the label it would be kept under); null otherwise.
+  returned: with O(state=present)
+  type: str
+  sample: kong-3.9.1-to-3.10.0.superseded-20261201T101500Z
+superseded_fingerprint:
+  description: The fingerprint the superseded backup recorded (null when it recorded none).
+  returned: when RV(superseded) is set
+  type: str
 restored_row_counts:
   description: Row count per table in the restored database.
   returned: with O(state=restored) when a restore ran
   type: dict
+replaced:
+  description: Whether an existing target database was dropped and restored again (O(force) or O(replace_restored)).
+  returned: with O(state=restored) when a restore ran
+  type: bool
 marker:
   description: The comment that marks the restored database.
   returned: with O(state=restored)
@@ -145,6 +189,7 @@ marker:
 """
 
 import os
+import re
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -157,23 +202,38 @@ from ansible_collections.kongops.upgrade.plugins.module_utils._backup import (
 from ansible_collections.kongops.upgrade.plugins.module_utils._pg import POSTGRES_ARGSPEC, PgClient, PgError
 
 
+def superseded_label(label, meta):
+    """The label an outdated backup is kept under: ``<label>.superseded-<when it was taken>``."""
+    stamp = re.sub(r"[^0-9TZ]", "", str(meta.get("created_at") or "")) or "unknown"
+    return "%s.superseded-%s" % (label, stamp)
+
+
 def ensure_present(module, backup, result):
     paths = backup.paths
+    wanted = module.params["fingerprint"]
     facts = backup.preflight()
-    result["server_version_num"] = facts["server_version_num"]
+    result.update(server_version_num=facts["server_version_num"], superseded=None)
+    archive_as = None
     if paths.exists() and not module.params["force"]:
         try:
             meta = backup.verify()
         except BackupError as exc:
             raise BackupError("a backup labelled %s exists in %s but does not verify (%s). Nothing was changed; use "
                               "force=true to replace it or choose another label" % (paths.label, paths.dir, exc)) from exc
-        result.update(changed=False, reused=True, verified=True, checksum=meta["checksum"], metadata=meta)
-        return
+        if wanted is None or meta.get("fingerprint") == wanted:
+            result.update(changed=False, reused=True, verified=True, checksum=meta["checksum"], metadata=meta)
+            return
+        # The database changed since that backup: restoring it would lose what was written since.
+        archive_as = superseded_label(paths.label, meta)
+        result.update(superseded=archive_as, superseded_fingerprint=meta.get("fingerprint"))
+        module.warn("the database changed since backup %s was taken (%s; its fingerprint %s, now %s): a new backup "
+                    "is taken and the old one is kept as %s" % (paths.label, meta.get("created_at"),
+                                                                meta.get("fingerprint"), wanted, archive_as))
     backup.check_destination(facts["database_size_bytes"])
     if module.check_mode:
         result.update(changed=True, reused=False, verified=False)
         return
-    meta = backup.take(facts)
+    meta = backup.take(facts, fingerprint=wanted, archive_as=archive_as)
     result.update(changed=True, reused=False, verified=True, checksum=meta["checksum"], metadata=meta)
 
 
@@ -186,14 +246,17 @@ def ensure_restored(module, backup, result):
     if exists and comment and comment.startswith(wanted) and not module.params["force"]:
         result.update(changed=False, marker=comment)
         return
-    if exists and tables and not module.params["force"]:
+    ours = "%s%s sha256:" % (MARKER_PREFIX, meta["label"])
+    replace = bool(exists and comment and comment.startswith(ours) and module.params["replace_restored"])
+    if exists and tables and not (module.params["force"] or replace):
         raise BackupError("database %s already has %d tables and was not restored from backup %s (its comment: %r). "
                           "Nothing was changed; choose an empty or new target_database, or force=true to overwrite it"
                           % (target, tables, meta["label"], comment))
     if module.check_mode:
         result.update(changed=True, marker=None)
         return
-    counts, marker = backup.restore(target, meta, exists, module.params["force"])
+    counts, marker = backup.restore(target, meta, exists, module.params["force"] or replace)
+    result["replaced"] = bool(exists)
     result.update(changed=True, restored_row_counts=counts, marker=marker)
 
 
@@ -209,6 +272,8 @@ def main():
         force=dict(type="bool", default=False),
         target_database=dict(type="str"),
         check_space=dict(type="bool", default=True),
+        fingerprint=dict(type="str"),
+        replace_restored=dict(type="bool", default=False),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
                            required_if=[("state", "restored", ["target_database"])])

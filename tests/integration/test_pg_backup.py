@@ -185,3 +185,67 @@ def test_directory_format_with_parallel_jobs_round_trip(lab, backup_dir):
     assert counts(lab, ENTITY_TABLES, database="kong_parallel") == counts(lab, ENTITY_TABLES)
     for table, n in taken["metadata"]["row_counts"].items():
         assert restored["restored_row_counts"][table] == n, table
+
+
+def test_a_backup_of_a_database_that_changed_since_is_superseded_not_reused(lab, backup_dir):
+    """A failed run thawed the database and admins wrote to it; the next run's freeze fingerprint
+    differs from the one in the backup: a new backup is taken and the old one is kept, restorable."""
+    label = "fingerprinted"
+    first, same, predicted = run_sequence("pg_backup", [
+        (args(lab, backup_dir, label=label, fingerprint="fp-at-first-freeze"), False),
+        (args(lab, backup_dir, label=label, fingerprint="fp-at-first-freeze"), False),
+        (args(lab, backup_dir, label=label, fingerprint="fp-after-admin-writes"), True),
+    ])
+    assert not first.failed and first.changed and first["metadata"]["fingerprint"] == "fp-at-first-freeze"
+    assert not same.failed and not same.changed and same["reused"] and same["superseded"] is None
+    old_checksum = first["checksum"]
+    assert not predicted.failed and predicted.changed and not predicted["reused"]
+    kept_as = predicted["superseded"]
+    assert kept_as.startswith(f"{label}.superseded-") and predicted["superseded_fingerprint"] == "fp-at-first-freeze"
+    assert sha256(backup_dir / f"{label}.dump") == old_checksum, "check mode must not touch the backup"
+    assert not list(backup_dir.glob(f"{kept_as}*"))
+
+    new, kept, restored_old = run_sequence("pg_backup", [
+        (args(lab, backup_dir, label=label, fingerprint="fp-after-admin-writes"), False),
+        (args(lab, backup_dir, label=kept_as, state="verified"), False),
+        (args(lab, backup_dir, label=kept_as, state="restored", target_database="kong_from_superseded"), False),
+    ])
+    assert not new.failed and new.changed and new["verified"] and not new["reused"], new.get("msg")
+    assert new["superseded"] == kept_as and new["metadata"]["fingerprint"] == "fp-after-admin-writes"
+    assert any("database changed since backup" in w for w in new.get("warnings", [])), new.get("warnings")
+    assert sha256(backup_dir / f"{label}.dump") == new["checksum"] != old_checksum
+    # The old backup is whole under its new label: its checksum, its metadata, a restore from it.
+    assert not kept.failed and kept["checksum"] == old_checksum, kept.get("msg")
+    assert kept["metadata"]["label"] == kept_as and kept["metadata"]["superseded_label"] == label
+    assert mode(backup_dir / f"{kept_as}.dump") == 0o600 and mode(backup_dir / f"{kept_as}.meta.json") == 0o600
+    assert not restored_old.failed and restored_old.changed, restored_old.get("msg")
+    assert kept_as in restored_old["marker"]
+
+
+def test_replace_restored_refreshes_only_a_database_restored_from_the_same_label(lab, backup_dir):
+    label = "refreshed"
+    target = "kong_refreshed"
+    restore = args(lab, backup_dir, label=label, state="restored", target_database=target)
+    first, first_restore, newer = run_sequence("pg_backup", [
+        (args(lab, backup_dir, label=label, fingerprint="one"), False),
+        (restore, False),
+        (args(lab, backup_dir, label=label, fingerprint="two"), False),
+    ])
+    assert not first_restore.failed and first["checksum"] in first_restore["marker"]
+    assert not newer.failed and newer["checksum"] != first["checksum"]
+
+    refused, predicted, replaced, again = run_sequence("pg_backup", [
+        (restore, False),
+        (dict(restore, replace_restored=True), True),
+        (dict(restore, replace_restored=True), False),
+        (dict(restore, replace_restored=True), False),
+    ])
+    assert refused.failed and "was not restored from backup" in refused["msg"] and "Nothing was changed" in refused["msg"]
+    assert not predicted.failed and predicted.changed
+    assert not replaced.failed and replaced.changed and replaced["replaced"], replaced.get("msg")
+    assert newer["checksum"] in replaced["marker"]
+    assert not again.failed and not again.changed
+    # A database with tables that no restore of this label made is never replaced without force.
+    other = run_module("pg_backup", dict(args(lab, backup_dir, label=label, state="restored", target_database="kong"),
+                                         replace_restored=True))
+    assert other.failed and "already has" in other["msg"]
