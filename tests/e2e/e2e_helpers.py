@@ -63,3 +63,64 @@ def fast_gate(lab_run_dir: Path) -> dict[str, Any]:
         "kong_upgrade_gate_max_duration": 60,
         "kong_upgrade_drain_timeout": 30,
     }
+
+
+def pg_args(lab: Any) -> dict[str, Any]:
+    """The lab database's connection settings, as the modules take them."""
+    return {k: lab.group_vars[f"kong_{k}"] for k in ("pg_host", "pg_port", "pg_user", "pg_password", "pg_database")}
+
+
+def wrap_kong(lab: Any, host: str, tmp_path: Path, fails_when: str, message: str) -> str:
+    """Put a wrapper in front of ``host``'s kong in the inventory: when the shell test ``fails_when``
+    holds for its arguments, it prints ``Error: injected fault: <message>`` and exits 1; otherwise it
+    runs the real kong. Returns the inventory as it was, to undo the fault."""
+    real = lab.host(host)["kong_executable"]
+    wrapper = tmp_path / f"kong-{host}-{re.sub(r'[^a-z0-9]+', '-', message.lower()).strip('-')}"
+    wrapper.write_text(f'#!/bin/sh\nif {fails_when}; then\n  echo "Error: injected fault: {message}" >&2; exit 1\nfi\n'
+                       f'exec {real} "$@"\n', encoding="utf-8")
+    wrapper.chmod(0o755)
+    original = lab.inventory_path.read_text()
+    line = f"kong_executable: {real}"
+    lines = original.splitlines(keepends=True)
+    start = next(i for i, text in enumerate(lines) if text.strip() == f"{host}:")
+    index = next(i for i in range(start, len(lines)) if line in lines[i])
+    lines[index] = lines[index].replace(line, f"kong_executable: {wrapper}")
+    lab.inventory_path.write_text("".join(lines))
+    return original
+
+
+def inject_proxy_5xx(lab: Any, group: str, rate: float = 0.5, status: int = 503) -> None:
+    """The emulator's fault file on every node of ``group``: that share of proxied requests answered
+    ``status`` by Kong itself (see tests/lab/kongemu/faults.py)."""
+    for host in lab.hosts(group).values():
+        prefix = lab.run_dir / "nodes" / host["kong_lb_server_name"]
+        prefix.mkdir(parents=True, exist_ok=True)
+        (prefix / "emulator_faults.json").write_text(json.dumps({"proxy_5xx_rate": rate, "status": status}))
+
+
+def assert_serving(lab: Any, version: str, stopped_group: str) -> dict[str, Any]:
+    """Every request through the LB answered by ``version``, no failure; every node of
+    ``stopped_group`` down. Returns the load summary."""
+    from labctl.load import LoadGenerator  # tests/lab, on sys.path through labfixtures
+
+    after = LoadGenerator(lab.frontend, targets=lab.load_targets, duration=3, rate=100).run()
+    assert after["failed"] == 0 and set(after["ok_by_version"]) == {version}, after["by_version"]
+    for name, host in lab.hosts(stopped_group).items():
+        assert admin_version(host["kong_admin_url"]) is None, f"{name} still answers"
+    return after
+
+
+def sql(lab: Any, statement: str, database: str | None = None) -> list[tuple[Any, ...]]:
+    """Run one SQL statement on the lab's PostgreSQL (autocommit); the rows it returns, if any."""
+    import psycopg2  # the emulator's driver, in the dev requirements
+
+    pg = pg_args(lab)
+    conn = psycopg2.connect(host=pg["pg_host"], port=pg["pg_port"], user=pg["pg_user"], password=pg["pg_password"],
+                            dbname=database or pg["pg_database"])
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(statement)
+            return cur.fetchall() if cur.description else []
+    finally:
+        conn.close()

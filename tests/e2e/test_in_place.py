@@ -4,9 +4,10 @@ database, with a downtime the run measures (X stop began -> Y serves through the
 from __future__ import annotations
 
 import json
+import socket
 
 from ansible_runner import run_module
-from e2e_helpers import admin_version, fast_gate, run_playbook
+from e2e_helpers import admin_version, assert_serving, fast_gate, pg_args, run_playbook, sql, wrap_kong
 from labfixtures import running_lab
 
 from labctl.load import LoadGenerator
@@ -14,10 +15,6 @@ from labctl.load import LoadGenerator
 # 3.4.3 -> 3.9.1 skips minors, which Kong does not guarantee: the run needs the override.
 X, Y = "3.4.3", "3.9.1"
 LAB = ("--x-version", X, "--y-version", Y, "--x-nodes", "2", "--y-nodes", "2")
-
-
-def _pg(lab):
-    return {k: lab.group_vars[f"kong_{k}"] for k in ("pg_host", "pg_port", "pg_user", "pg_password", "pg_database")}
 
 
 def _extra(lab, **more):
@@ -47,6 +44,10 @@ def test_in_place_upgrade_downtime_is_the_recorded_window_and_is_idempotent(tmp_
         assert report["migrations"]["after"] == "up_to_date"
         assert report["freeze_lifted"] is True
         assert report["backup"]["checksum"]
+        # The configuration Y serves is the one frozen on X: same entities, same keys, after the migrations.
+        fingerprints = report["fingerprints"]
+        assert fingerprints["verified"]["keys_hash"] == fingerprints["at_freeze"]["keys_hash"]
+        assert fingerprints["verified"]["counts"] == fingerprints["at_freeze"]["counts"]
 
         for name, host in lab.hosts("kong_y").items():
             assert admin_version(host["kong_admin_url"]) == Y, name
@@ -54,7 +55,7 @@ def test_in_place_upgrade_downtime_is_the_recorded_window_and_is_idempotent(tmp_
             assert admin_version(host["kong_admin_url"]) is None, f"{name} still answers after the upgrade"
         after = LoadGenerator(lab.frontend, targets=lab.load_targets, duration=3, rate=100).run()
         assert after["failed"] == 0 and set(after["ok_by_version"]) == {Y}, after["by_version"]
-        freeze = run_module("kong_config_freeze", dict(_pg(lab), state="status"))
+        freeze = run_module("kong_config_freeze", dict(pg_args(lab), state="status"))
         assert not freeze.failed and freeze["frozen"] is False
 
         second = run_playbook("upgrade_in_place", lab.inventory_path, extra, tmp_path)
@@ -62,9 +63,9 @@ def test_in_place_upgrade_downtime_is_the_recorded_window_and_is_idempotent(tmp_
         assert second.changed == 0, second.explain()
 
 
-def test_in_place_failure_after_x_stopped_restores_the_database_and_x(tmp_path):
-    # Not a migration failing midway (the emulator cannot inject that): the smoke test fails
-    # after X stopped and the migrations finished, so X's database must come back from the backup.
+def test_in_place_smoke_test_failing_after_x_stopped_restores_the_database_and_x(tmp_path):
+    # The smoke test fails after X stopped and the migrations finished, so X's database must come
+    # back from the backup.
     with running_lab(*LAB) as lab:
         extra = _extra(lab, kong_upgrade_smoke_requests=[{"path": "/", "status": [418]}])
         run = run_playbook("upgrade_in_place", lab.inventory_path, extra, tmp_path)
@@ -85,7 +86,7 @@ def test_in_place_failure_after_x_stopped_restores_the_database_and_x(tmp_path):
                                                     "conf": x1["kong_conf_path"], "state": "status"})
         assert migrations["state_before"]["state"] == "up_to_date", migrations["state_before"]
         assert migrations["kong_version"].startswith(X) if migrations.get("kong_version") else True
-        freeze = run_module("kong_config_freeze", dict(_pg(lab), state="status"))
+        freeze = run_module("kong_config_freeze", dict(pg_args(lab), state="status"))
         assert not freeze.failed and freeze["frozen"] is False
 
         report = json.loads((lab.run_dir / "reports" / f"kong-{X}-to-{Y}.json").read_text())
@@ -100,19 +101,7 @@ def test_in_place_migration_failing_midway_restores_the_database_and_x(tmp_path)
     with running_lab(*LAB) as lab:
         # y1's kong (the one that runs the migrations) runs `migrations up` for real, then its
         # `migrations finish` fails: the database is half-migrated when the run must recover.
-        y1 = lab.host("y1")
-        wrapper = tmp_path / "kong-finish-fails"
-        wrapper.write_text('#!/bin/sh\nif [ "$1" = migrations ] && [ "$2" = finish ]; then\n'
-                           '  echo "Error: injected fault: finish failed midway" >&2; exit 1\nfi\n'
-                           f'exec {y1["kong_executable"]} "$@"\n')
-        wrapper.chmod(0o755)
-        lines = lab.inventory_path.read_text().splitlines(keepends=True)
-        line = f"kong_executable: {y1['kong_executable']}"
-        start = next(i for i, text in enumerate(lines) if text.strip() == "y1:")
-        index = next(i for i in range(start, len(lines)) if line in lines[i])
-        lines[index] = lines[index].replace(line, f"kong_executable: {wrapper}")
-        lab.inventory_path.write_text("".join(lines))
-
+        wrap_kong(lab, "y1", tmp_path, '[ "$1" = migrations ] && [ "$2" = finish ]', "finish failed midway")
         load = LoadGenerator(lab.frontend, targets=lab.load_targets, duration=900, rate=100).start()
         try:
             run = run_playbook("upgrade_in_place", lab.inventory_path, _extra(lab), tmp_path)
@@ -136,7 +125,7 @@ def test_in_place_migration_failing_midway_restores_the_database_and_x(tmp_path)
         migrations = run_module("kong_migrations", {"kong_executable": x1["kong_executable"],
                                                     "conf": x1["kong_conf_path"], "state": "status"})
         assert migrations["state_before"]["state"] == "up_to_date", migrations["state_before"]
-        freeze = run_module("kong_config_freeze", dict(_pg(lab), state="status"))
+        freeze = run_module("kong_config_freeze", dict(pg_args(lab), state="status"))
         assert not freeze.failed and freeze["frozen"] is False
 
         report = json.loads((lab.run_dir / "reports" / f"kong-{X}-to-{Y}.json").read_text())
@@ -144,3 +133,96 @@ def test_in_place_migration_failing_midway_restores_the_database_and_x(tmp_path)
         assert report["failure"]["phase"] == "migrations_finished"
         assert report["rollback"]["database_restored"] is True
         assert report["rollback"]["x_started"] is True
+
+
+# A trigger a DBA left on `plugins` that rejects the UPDATE of one migration's `up` (rate-limiting
+# 006_350_to_360, the 9th of the ten migrations 3.4.3 -> 3.9.1 runs): `kong migrations up` really
+# fails midway in PostgreSQL, after the migrations before it were committed and recorded.
+FAILING_MIGRATION_TRIGGER = """
+CREATE FUNCTION e2e_reject_rate_limiting_migration() RETURNS trigger LANGUAGE plpgsql AS $fn$
+BEGIN
+  IF EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()
+             AND table_name = 'plugins' AND column_name = 'rate_limiting_006_350_to_360') THEN
+    RAISE EXCEPTION 'injected fault: a trigger rejects this update of plugins';
+  END IF;
+  RETURN NULL;
+END
+$fn$;
+CREATE TRIGGER e2e_reject_rate_limiting_migration BEFORE UPDATE ON plugins
+  FOR EACH STATEMENT EXECUTE FUNCTION e2e_reject_rate_limiting_migration();
+"""
+
+
+def test_in_place_migrations_up_failing_midway_restores_the_database_and_the_next_run_completes(tmp_path):
+    with running_lab(*LAB) as lab:
+        sql(lab, FAILING_MIGRATION_TRIGGER)
+        before = sql(lab, "SELECT subsystem, executed, pending FROM schema_meta ORDER BY subsystem")
+        load = LoadGenerator(lab.frontend, targets=lab.load_targets, duration=900, rate=100).start()
+        try:
+            run = run_playbook("upgrade_in_place", lab.inventory_path, _extra(lab), tmp_path)
+        finally:
+            load.stop()
+        summary = load.summary()
+        print(f"in-place, up fails midway: {summary['requests']} requests, {summary['failed']} failed, "
+              f"longest outage {summary['longest_failure_window_seconds']} s")
+
+        assert run.rc != 0, run.explain()
+        assert "failed in phase 'migrations_finished'" in run.stdout, run.explain()
+        assert "failed to run migration '006_350_to_360' up" in run.stdout, run.explain()
+        assert "X had been stopped" in run.stdout and "X started again True" in run.stdout
+        assert set(summary["failed_by_reason"]) <= {"http_503", "http_502"}, summary["failed_by_reason"]
+
+        # The database is X's again, as it was before the run (the half-run `up` is gone), and X serves.
+        assert sql(lab, "SELECT subsystem, executed, pending FROM schema_meta ORDER BY subsystem") == before
+        assert_serving(lab, X, "kong_y")
+        for name, host in lab.hosts("kong_x").items():
+            assert admin_version(host["kong_admin_url"]) == X, name
+        assert run_module("kong_config_freeze", dict(pg_args(lab), state="status"))["frozen"] is False
+        report = json.loads((lab.run_dir / "reports" / f"kong-{X}-to-{Y}.json").read_text())
+        assert report["status"] == "failed, rolled back to X"
+        assert report["failure"]["phase"] == "migrations_finished"
+        assert report["rollback"]["database_restored"] is True and report["rollback"]["x_started"] is True
+
+        # The DBA removes the trigger; the same playbook then completes the upgrade.
+        sql(lab, "DROP TRIGGER e2e_reject_rate_limiting_migration ON plugins")
+        again = run_playbook("upgrade_in_place", lab.inventory_path, _extra(lab), tmp_path)
+        assert again.rc == 0, again.explain()
+        for name, host in lab.hosts("kong_y").items():
+            assert admin_version(host["kong_admin_url"]) == Y, name
+        assert_serving(lab, Y, "kong_x")
+        report = json.loads((lab.run_dir / "reports" / f"kong-{X}-to-{Y}.json").read_text())
+        assert report["status"] == "succeeded" and report["migrations"]["after"] == "up_to_date"
+        assert report["fingerprints"]["verified"]["keys_hash"] == report["fingerprints"]["at_freeze"]["keys_hash"]
+
+
+def test_in_place_y_node_that_fails_to_start_restores_the_database_and_x(tmp_path):
+    with running_lab(*LAB) as lab, socket.socket() as taken:
+        # Y's proxy_listen is an address another program holds: Y cannot start once X has stopped
+        # and the migrations have finished, so X's database must come back from the backup.
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        extra = _extra(lab, kong_upgrade_y_conf_overrides={"proxy_listen": address})
+        load = LoadGenerator(lab.frontend, targets=lab.load_targets, duration=900, rate=100).start()
+        try:
+            run = run_playbook("upgrade_in_place", lab.inventory_path, extra, tmp_path)
+        finally:
+            load.stop()
+        summary = load.summary()
+
+        assert run.rc != 0, run.explain()
+        assert "failed in phase 'start_y'" in run.stdout, run.explain()
+        assert "X had been stopped" in run.stdout and "X started again True" in run.stdout
+        assert "Fix the cause and run the playbook again" in run.stdout
+        assert set(summary["failed_by_reason"]) <= {"http_503", "http_502"}, summary["failed_by_reason"]
+
+        assert_serving(lab, X, "kong_y")
+        x1 = lab.host("x1")
+        migrations = run_module("kong_migrations", {"kong_executable": x1["kong_executable"],
+                                                    "conf": x1["kong_conf_path"], "state": "status"})
+        assert migrations["state_before"]["state"] == "up_to_date", migrations["state_before"]
+        assert run_module("kong_config_freeze", dict(pg_args(lab), state="status"))["frozen"] is False
+        report = json.loads((lab.run_dir / "reports" / f"kong-{X}-to-{Y}.json").read_text())
+        assert report["status"] == "failed, rolled back to X"
+        assert report["failure"]["phase"] == "start_y"
+        assert report["rollback"]["database_restored"] is True and report["rollback"]["traffic_on_x"] is True
