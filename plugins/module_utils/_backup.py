@@ -244,6 +244,9 @@ class Backup:
         probe = directory
         while not os.path.exists(probe):
             probe = os.path.dirname(probe)
+        if not os.path.isdir(probe):
+            raise BackupError("backup directory %s cannot be created: %s is a file, not a directory; choose another "
+                              "backup_dir" % (directory, probe))
         if not os.access(probe, os.W_OK | os.X_OK):
             raise BackupError("backup directory %s is not writable by this user (checked %s); choose backup_dir on a "
                               "writable volume" % (directory, probe))
