@@ -32,13 +32,13 @@ class PlaybookRun:
 
 
 def run_playbook(name: str, inventory: Path, extra_vars: dict[str, Any], tmp_path: Path,
-                 timeout: float = 900) -> PlaybookRun:
-    """`ansible-playbook -i <inventory> playbooks/<name>.yml -e @vars.yml` from the checkout."""
+                 timeout: float = 900, check: bool = False) -> PlaybookRun:
+    """`ansible-playbook -i <inventory> playbooks/<name>.yml -e @vars.yml [--check]` from the checkout."""
     vars_file = tmp_path / f"vars-{name}.yml"
     vars_file.write_text(yaml.safe_dump(extra_vars), encoding="utf-8")
     vars_file.chmod(0o600)
     argv = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(inventory),
-            str(REPO / "playbooks" / f"{name}.yml"), "-e", f"@{vars_file}"]
+            str(REPO / "playbooks" / f"{name}.yml"), "-e", f"@{vars_file}"] + (["--check"] if check else [])
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=REPO,
                           env=ansible_env(), check=False)
     return PlaybookRun(proc)
@@ -124,3 +124,17 @@ def sql(lab: Any, statement: str, database: str | None = None) -> list[tuple[Any
             return cur.fetchall() if cur.description else []
     finally:
         conn.close()
+
+
+def run_under_load(lab: Any, name: str, extra_vars: dict[str, Any], tmp_path: Path,
+                   rate: int = 100) -> tuple[PlaybookRun, dict[str, Any]]:
+    """`run_playbook` while steady traffic goes through the lab's load balancer; the run and the
+    load summary (requests, failures by reason, answers by Kong version)."""
+    from labctl.load import LoadGenerator  # tests/lab, on sys.path through labfixtures
+
+    load = LoadGenerator(lab.frontend, targets=lab.load_targets, duration=900, rate=rate).start()
+    try:
+        run = run_playbook(name, lab.inventory_path, extra_vars, tmp_path)
+    finally:
+        load.stop()
+    return run, load.summary()

@@ -7,17 +7,11 @@ import json
 
 import pytest
 from ansible_runner import run_module
-from e2e_helpers import admin_version, fast_gate, run_playbook
+from e2e_helpers import admin_version, assert_serving, fast_gate, inject_proxy_5xx, pg_args, run_playbook, run_under_load, wrap_kong
 from labfixtures import running_lab
-
-from labctl.load import LoadGenerator
 
 X, Y = "3.6.0", "3.6.1"
 LAB = ("--x-version", X, "--y-version", Y, "--x-nodes", "2", "--y-nodes", "2")
-
-
-def _pg(lab):
-    return {k: lab.group_vars[f"kong_{k}"] for k in ("pg_host", "pg_port", "pg_user", "pg_password", "pg_database")}
 
 
 # 3.6.0 -> 3.6.1 adds a migration with a teardown (finish has work to do); 3.4.0 -> 3.4.3 adds
@@ -31,12 +25,7 @@ def test_blue_green_upgrade_serves_every_request_and_is_idempotent(x_version, y_
         # show in the output or the reports.
         token = "kongtoken-e2e-" + x_version.replace(".", "")
         extra = dict(fast_gate(lab.run_dir), kong_upgrade_blue_green_soak_seconds=3, kong_upgrade_admin_token=token)
-        load = LoadGenerator(lab.frontend, targets=lab.load_targets, duration=900, rate=100).start()
-        try:
-            first = run_playbook("upgrade_blue_green", lab.inventory_path, extra, tmp_path)
-        finally:
-            load.stop()
-        summary = load.summary()
+        first, summary = run_under_load(lab, "upgrade_blue_green", extra, tmp_path)
         assert first.rc == 0, first.explain()
         assert summary["failed"] == 0, summary["failed_by_reason"]
         assert summary["requests"] > 1000
@@ -65,7 +54,8 @@ def test_blue_green_upgrade_serves_every_request_and_is_idempotent(x_version, y_
         assert report["migrations"]["after"] == "up_to_date"
         fingerprints = report["fingerprints"]
         assert fingerprints["verified"]["counts"] == fingerprints["at_freeze"]["counts"]
-        freeze = run_module("kong_config_freeze", dict(_pg(lab), state="status"))
+        assert fingerprints["verified"]["keys_hash"] == fingerprints["at_freeze"]["keys_hash"]
+        freeze = run_module("kong_config_freeze", dict(pg_args(lab), state="status"))
         assert not freeze.failed and freeze["frozen"] is False
 
         second = run_playbook("upgrade_blue_green", lab.inventory_path, extra, tmp_path)
@@ -73,70 +63,64 @@ def test_blue_green_upgrade_serves_every_request_and_is_idempotent(x_version, y_
         assert second.changed == 0, second.explain()
 
 
-def test_blue_green_y_node_fails_to_start_returns_traffic_to_x(tmp_path):
+FAULTS = {
+    # Y's proxy_listen is an address X's node x1 already holds: Y cannot start.
+    "y_fails_to_start": (lambda lab: {"kong_upgrade_y_conf_overrides": {"proxy_listen": lab.host("x1")["kong_proxy_listen"]}},
+                         False, "start_y"),
+    # Y does not answer what the operator expects.
+    "smoke_test_fails": (lambda lab: {"kong_upgrade_smoke_requests": [{"path": "/", "status": [418]}]}, False, "smoke_test"),
+    # Y answers 5xx from Kong itself for half its requests once it gets its 10 % (emulator fault file).
+    "y_returns_5xx_at_10_percent": (lambda lab: {}, True, "shift_traffic"),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+def test_blue_green_failure_before_finish_returns_traffic_to_x(fault, tmp_path):
+    extra_vars, answers_5xx, phase = FAULTS[fault]
     with running_lab(*LAB) as lab:
-        # Y's proxy_listen is an address X's node x1 already holds: Y cannot start.
-        extra = dict(fast_gate(lab.run_dir), kong_upgrade_blue_green_soak_seconds=3,
-                     kong_upgrade_y_conf_overrides={"proxy_listen": lab.host("x1")["kong_proxy_listen"]})
-        load = LoadGenerator(lab.frontend, targets=lab.load_targets, duration=900, rate=100).start()
-        try:
-            run = run_playbook("upgrade_blue_green", lab.inventory_path, extra, tmp_path)
-        finally:
-            load.stop()
-        summary = load.summary()
+        if answers_5xx:
+            inject_proxy_5xx(lab, "kong_y")
+        extra = dict(fast_gate(lab.run_dir), kong_upgrade_blue_green_soak_seconds=3, **extra_vars(lab))
+        run, summary = run_under_load(lab, "upgrade_blue_green", extra, tmp_path)
+        print(f"blue-green fault {fault}: {summary['requests']} requests, {summary['failed']} failed "
+              f"{summary['failed_by_reason']}")
 
         assert run.rc != 0, run.explain()
-        assert "failed in phase 'start_y'" in run.stdout, run.explain()
+        assert f"failed in phase '{phase}'" in run.stdout, run.explain()
         assert "only migrations up ran, never finish" in run.stdout
         assert "Fix the cause and run the playbook again" in run.stdout
-        assert summary["failed"] == 0, summary["failed_by_reason"]
+        if answers_5xx:
+            # Only the injected answers failed, and only while Y had its 10 % share.
+            assert set(summary["failed_by_reason"]) <= {"http_503"}, summary["failed_by_reason"]
+            assert 0 < summary["failed"] < 0.1 * summary["requests"]
+        else:
+            assert summary["failed"] == 0, summary["failed_by_reason"]
 
         # Traffic on X; X still serves on the database that saw `migrations up` only.
-        after = LoadGenerator(lab.frontend, targets=lab.load_targets, duration=3, rate=100).run()
-        assert after["failed"] == 0 and set(after["ok_by_version"]) == {X}, after["by_version"]
+        assert_serving(lab, X, "kong_y")
         for name, host in lab.hosts("kong_x").items():
             assert admin_version(host["kong_admin_url"]) == X, name
-        for name, host in lab.hosts("kong_y").items():
-            assert admin_version(host["kong_admin_url"]) is None, f"{name} still runs after the rollback"
         x1 = lab.host("x1")
         migrations = run_module("kong_migrations", {"kong_executable": x1["kong_executable"],
                                                     "conf": x1["kong_conf_path"], "state": "status"})
         assert migrations["state_before"]["state"] in ("up_to_date", "pending"), migrations["state_before"]
-        freeze = run_module("kong_config_freeze", dict(_pg(lab), state="status"))
+        freeze = run_module("kong_config_freeze", dict(pg_args(lab), state="status"))
         assert not freeze.failed and freeze["frozen"] is False
 
         report = json.loads((lab.run_dir / "reports" / f"kong-{X}-to-{Y}.json").read_text())
         assert report["status"] == "failed, rolled back to X"
-        assert report["failure"]["phase"] == "start_y"
-        assert report["rollback"]["traffic_on_x"] is True
+        assert report["failure"]["phase"] == phase
+        assert report["rollback"]["traffic_on_x"] is True and report["rollback"]["thawed"] is True
+        assert not [cmd for cmd in report["migrations"]["commands"] if "migrations finish" in cmd], report["migrations"]
 
 
 def test_blue_green_x_node_that_cannot_stop_restarts_x_before_finish(tmp_path):
     with running_lab(*LAB) as lab:
         # x2's kong refuses `quit`/`stop` (a wrapper in front of the real binary), so retiring X
         # fails after x1 stopped and before `migrations finish`.
-        x2 = lab.host("x2")
-        wrapper = tmp_path / "kong-that-cannot-stop"
-        wrapper.write_text('#!/bin/sh\nif [ "$1" = quit ] || [ "$1" = stop ]; then\n'
-                           '  echo "Error: injected fault: cannot stop" >&2; exit 1\nfi\n'
-                           f'exec {x2["kong_executable"]} "$@"\n')
-        wrapper.chmod(0o755)
-        inventory = lab.inventory_path.read_text()
-        line = f"kong_executable: {x2['kong_executable']}"
-        assert line in inventory
-        lines = inventory.splitlines(keepends=True)
-        start = next(i for i, text in enumerate(lines) if text.strip() == "x2:")
-        index = next(i for i in range(start, len(lines)) if line in lines[i])
-        lines[index] = lines[index].replace(line, f"kong_executable: {wrapper}")
-        lab.inventory_path.write_text("".join(lines))
-
+        wrap_kong(lab, "x2", tmp_path, '[ "$1" = quit ] || [ "$1" = stop ]', "cannot stop")
         extra = dict(fast_gate(lab.run_dir), kong_upgrade_blue_green_soak_seconds=3)
-        load = LoadGenerator(lab.frontend, targets=lab.load_targets, duration=900, rate=100).start()
-        try:
-            run = run_playbook("upgrade_blue_green", lab.inventory_path, extra, tmp_path)
-        finally:
-            load.stop()
-        summary = load.summary()
+        run, summary = run_under_load(lab, "upgrade_blue_green", extra, tmp_path)
 
         assert run.rc != 0, run.explain()
         assert "failed in phase 'decommission_x'" in run.stdout, run.explain()
@@ -144,10 +128,7 @@ def test_blue_green_x_node_that_cannot_stop_restarts_x_before_finish(tmp_path):
         assert summary["failed"] == 0, summary["failed_by_reason"]
         for name, host in lab.hosts("kong_x").items():
             assert admin_version(host["kong_admin_url"]) == X, name
-        for name, host in lab.hosts("kong_y").items():
-            assert admin_version(host["kong_admin_url"]) is None, f"{name} still runs after the rollback"
-        after = LoadGenerator(lab.frontend, targets=lab.load_targets, duration=3, rate=100).run()
-        assert after["failed"] == 0 and set(after["ok_by_version"]) == {X}, after["by_version"]
+        assert_serving(lab, X, "kong_y")
         report = json.loads((lab.run_dir / "reports" / f"kong-{X}-to-{Y}.json").read_text())
         assert report["status"] == "failed, rolled back to X"
         assert report["failure"]["phase"] == "decommission_x"

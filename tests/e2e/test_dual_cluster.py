@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from e2e_helpers import admin_version, fast_gate, run_playbook
+from e2e_helpers import admin_version, fast_gate, run_playbook, run_under_load
 from labfixtures import running_lab
-
-from labctl.load import LoadGenerator
 
 PAIRS = [("3.9.1", "3.10.0"), ("2.8.4", "3.4.3")]
 
@@ -37,12 +35,7 @@ def test_dual_cluster_upgrade_serves_every_request_and_is_idempotent(x_version, 
             (tmp_path / "install-kong.yml").write_text(INSTALL_TASKS)
             extra.update(kong_upgrade_install_method="tasks", kong_upgrade_install_tasks_file=str(tmp_path / "install-kong.yml"),
                          install_marker=str(marker))
-        load = LoadGenerator(lab.frontend, targets=lab.load_targets, duration=900, rate=100).start()
-        try:
-            first = run_playbook("upgrade_dual_cluster", lab.inventory_path, extra, tmp_path)
-        finally:
-            load.stop()
-        summary = load.summary()
+        first, summary = run_under_load(lab, "upgrade_dual_cluster", extra, tmp_path)
         assert first.rc == 0, first.explain()
         assert summary["failed"] == 0, summary["failed_by_reason"]
         assert summary["requests"] > 1000

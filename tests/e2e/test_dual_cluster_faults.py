@@ -4,10 +4,11 @@ the failure is reported, nothing is rolled back, and the next run completes the 
 from __future__ import annotations
 
 import json
+import urllib.request
 
 import pytest
 from ansible_runner import run_module
-from e2e_helpers import admin_version, fast_gate, run_playbook
+from e2e_helpers import admin_version, assert_serving, fast_gate, inject_proxy_5xx, pg_args, run_playbook, run_under_load, wrap_kong
 from labfixtures import running_lab
 
 from labctl.load import LoadGenerator
@@ -31,17 +32,9 @@ def test_failure_before_point_of_no_return_returns_traffic_to_x(fault, tmp_path)
     extra_vars, fault_file, phase = FAULTS[fault]
     with running_lab("--x-version", X, "--y-version", Y, "--x-nodes", "2", "--y-nodes", "2") as lab:
         if fault_file:
-            for host in lab.hosts("kong_y").values():
-                prefix = lab.run_dir / "nodes" / host["kong_lb_server_name"]
-                prefix.mkdir(parents=True, exist_ok=True)
-                (prefix / "emulator_faults.json").write_text(json.dumps(fault_file))
+            inject_proxy_5xx(lab, "kong_y", fault_file["proxy_5xx_rate"], fault_file["status"])
         extra = dict(fast_gate(lab.run_dir), **(extra_vars(lab) if callable(extra_vars) else extra_vars))
-        load = LoadGenerator(lab.frontend, targets=lab.load_targets, duration=900, rate=100).start()
-        try:
-            run = run_playbook("upgrade_dual_cluster", lab.inventory_path, extra, tmp_path)
-        finally:
-            load.stop()
-        summary = load.summary()
+        run, summary = run_under_load(lab, "upgrade_dual_cluster", extra, tmp_path)
 
         assert run.rc != 0, run.explain()
         assert f"failed in phase '{phase}'" in run.stdout, run.explain()
@@ -54,14 +47,10 @@ def test_failure_before_point_of_no_return_returns_traffic_to_x(fault, tmp_path)
             assert summary["failed"] == 0, summary["failed_by_reason"]
 
         # Traffic is on X, Y is stopped, X's database is as X left it, the freeze is lifted.
-        after = LoadGenerator(lab.frontend, targets=lab.load_targets, duration=3, rate=100).run()
-        assert after["failed"] == 0 and set(after["ok_by_version"]) == {X}, after["by_version"]
+        assert_serving(lab, X, "kong_y")
         for name, host in lab.hosts("kong_x").items():
             assert admin_version(host["kong_admin_url"]) == X, name
-        for name, host in lab.hosts("kong_y").items():
-            assert admin_version(host["kong_admin_url"]) is None, f"{name} still runs after the rollback"
-        pg = {k: lab.group_vars[f"kong_{k}"] for k in ("pg_host", "pg_port", "pg_user", "pg_password", "pg_database")}
-        freeze = run_module("kong_config_freeze", dict(pg, state="status"))
+        freeze = run_module("kong_config_freeze", dict(pg_args(lab), state="status"))
         assert not freeze.failed and freeze["frozen"] is False
         x1 = lab.host("x1")
         migrations = run_module("kong_migrations", {"kong_executable": x1["kong_executable"],
@@ -79,27 +68,9 @@ def test_failure_past_point_of_no_return_is_reported_and_the_next_run_completes(
     with running_lab("--x-version", X, "--y-version", Y, "--x-nodes", "2", "--y-nodes", "2") as lab:
         # x2's kong refuses `quit`/`stop` (a wrapper in front of the real binary), so decommissioning X
         # fails after all traffic went to Y: nothing may be rolled back any more.
-        x2 = lab.host("x2")
-        wrapper = tmp_path / "kong-that-cannot-stop"
-        wrapper.write_text('#!/bin/sh\nif [ "$1" = quit ] || [ "$1" = stop ]; then\n'
-                           '  echo "Error: injected fault: cannot stop" >&2; exit 1\nfi\n'
-                           f'exec {x2["kong_executable"]} "$@"\n')
-        wrapper.chmod(0o755)
-        original = lab.inventory_path.read_text()
-        line = f"kong_executable: {x2['kong_executable']}"
-        lines = original.splitlines(keepends=True)
-        start = next(i for i, text in enumerate(lines) if text.strip() == "x2:")
-        index = next(i for i in range(start, len(lines)) if line in lines[i])
-        lines[index] = lines[index].replace(line, f"kong_executable: {wrapper}")
-        lab.inventory_path.write_text("".join(lines))
-
+        original = wrap_kong(lab, "x2", tmp_path, '[ "$1" = quit ] || [ "$1" = stop ]', "cannot stop")
         extra = fast_gate(lab.run_dir)
-        load = LoadGenerator(lab.frontend, targets=lab.load_targets, duration=900, rate=100).start()
-        try:
-            run = run_playbook("upgrade_dual_cluster", lab.inventory_path, extra, tmp_path)
-        finally:
-            load.stop()
-        summary = load.summary()
+        run, summary = run_under_load(lab, "upgrade_dual_cluster", extra, tmp_path)
         assert run.rc != 0, run.explain()
         assert "failed past the point of no return, in phase 'decommission_x'" in run.stdout, run.explain()
         assert "Nothing was rolled back: Y serves all traffic" in run.stdout
@@ -110,8 +81,7 @@ def test_failure_past_point_of_no_return_is_reported_and_the_next_run_completes(
         # Y keeps all the traffic; the configuration stays frozen until the run completes.
         after = LoadGenerator(lab.frontend, targets=lab.load_targets, duration=3, rate=100).run()
         assert after["failed"] == 0 and set(after["ok_by_version"]) == {Y}, after["by_version"]
-        pg = {k: lab.group_vars[f"kong_{k}"] for k in ("pg_host", "pg_port", "pg_user", "pg_password", "pg_database")}
-        target = dict(pg, pg_database=report["database_in_use"])
+        target = dict(pg_args(lab), pg_database=report["database_in_use"])
         assert run_module("kong_config_freeze", dict(target, state="status"))["frozen"] is True
 
         # The operator fixes x2 (the real binary again) and runs the same playbook: it completes.
@@ -127,3 +97,44 @@ def test_failure_past_point_of_no_return_is_reported_and_the_next_run_completes(
         history = sorted((lab.run_dir / "reports" / "history").glob(f"kong-{X}-to-{Y}-*.json"))
         statuses = sorted(json.loads(path.read_text())["status"] for path in history)
         assert statuses == ["failed after the point of no return", "succeeded"], history
+
+
+def _admin(method, url, body=None):
+    request = urllib.request.Request(url, method=method, data=json.dumps(body).encode() if body else None,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 (loopback lab URL)
+        return response.status, json.loads(response.read() or b"{}")
+
+
+def test_writes_made_after_a_rollback_are_in_the_backup_and_on_y_after_the_next_run(tmp_path):
+    """A failed run thaws X's database; admins write to it; the next run must not reuse the backup
+    taken before those writes (restoring it would lose them): it takes a new one, keeps the old one,
+    restores Y's database again from the new one, and Y serves what the admins wrote."""
+    with running_lab("--x-version", X, "--y-version", Y, "--x-nodes", "2", "--y-nodes", "2") as lab:
+        extra = fast_gate(lab.run_dir)
+        failed = run_playbook("upgrade_dual_cluster", lab.inventory_path,
+                              dict(extra, kong_upgrade_smoke_requests=[{"path": "/", "status": [418]}]), tmp_path)
+        assert failed.rc != 0 and "failed in phase 'smoke_test'" in failed.stdout, failed.explain()
+        first_backup = json.loads((lab.run_dir / "reports" / f"kong-{X}-to-{Y}.json").read_text())["backup"]
+
+        x1_admin = lab.host("x1")["kong_admin_url"]
+        status, created = _admin("POST", x1_admin + "/services",
+                                 {"name": "added-after-the-rollback", "url": "http://127.0.0.1:9/"})
+        assert status == 201, created
+
+        again, summary = run_under_load(lab, "upgrade_dual_cluster", extra, tmp_path)
+        assert again.rc == 0, again.explain()
+        assert summary["failed"] == 0, summary["failed_by_reason"]
+        assert "the database changed since backup" in again.stdout + again.stderr, again.explain()
+
+        report = json.loads((lab.run_dir / "reports" / f"kong-{X}-to-{Y}.json").read_text())
+        assert report["status"] == "succeeded"
+        backup = report["backup"]
+        assert backup["reused"] is False and backup["checksum"] != first_backup["checksum"]
+        kept = lab.run_dir / "backups" / f"{backup['superseded']}.dump"
+        assert backup["superseded"].startswith(f"kong-{X}-to-{Y}.superseded-") and kept.is_file()
+        assert (lab.run_dir / "backups" / f"{backup['superseded']}.kong.yml").is_file()
+        assert backup["row_counts"]["services"] == first_backup["row_counts"]["services"] + 1
+        for name, host in lab.hosts("kong_y").items():
+            status, service = _admin("GET", host["kong_admin_url"] + "/services/added-after-the-rollback")
+            assert status == 200 and service["id"] == created["id"], name

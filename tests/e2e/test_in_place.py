@@ -7,10 +7,8 @@ import json
 import socket
 
 from ansible_runner import run_module
-from e2e_helpers import admin_version, assert_serving, fast_gate, pg_args, run_playbook, sql, wrap_kong
+from e2e_helpers import admin_version, assert_serving, fast_gate, pg_args, run_playbook, run_under_load, sql, wrap_kong
 from labfixtures import running_lab
-
-from labctl.load import LoadGenerator
 
 # 3.4.3 -> 3.9.1 skips minors, which Kong does not guarantee: the run needs the override.
 X, Y = "3.4.3", "3.9.1"
@@ -21,18 +19,44 @@ def _extra(lab, **more):
     return dict(fast_gate(lab.run_dir), kong_upgrade_allow_unsupported_path=True, **more)
 
 
+def _report(lab):
+    return json.loads((lab.run_dir / "reports" / f"kong-{X}-to-{Y}.json").read_text())
+
+
+def _assert_restored_to_x(lab, run, phase, summary=None):
+    """A failure after X stopped: the run says so and what to do; X's database is back from the
+    backup (X's migrations, no freeze) and X serves all traffic again; Y is stopped."""
+    assert run.rc != 0, run.explain()
+    assert f"failed in phase '{phase}'" in run.stdout, run.explain()
+    assert "X had been stopped" in run.stdout and "X started again True" in run.stdout, run.explain()
+    assert "Fix the cause and run the playbook again" in run.stdout
+    if summary is not None:
+        # Requests failed only while no Kong served (the LB answers 503, or 502 for a node that went away).
+        assert set(summary["failed_by_reason"]) <= {"http_503", "http_502"}, summary["failed_by_reason"]
+    assert_serving(lab, X, "kong_y")
+    for name, host in lab.hosts("kong_x").items():
+        assert admin_version(host["kong_admin_url"]) == X, name
+    x1 = lab.host("x1")
+    migrations = run_module("kong_migrations", {"kong_executable": x1["kong_executable"],
+                                                "conf": x1["kong_conf_path"], "state": "status"})
+    assert migrations["state_before"]["state"] == "up_to_date", migrations["state_before"]
+    freeze = run_module("kong_config_freeze", dict(pg_args(lab), state="status"))
+    assert not freeze.failed and freeze["frozen"] is False
+    report = _report(lab)
+    assert report["status"] == "failed, rolled back to X"
+    assert report["failure"]["phase"] == phase
+    rollback = report["rollback"]
+    assert rollback["database_restored"] is True and rollback["x_started"] is True, rollback
+    assert rollback["traffic_on_x"] is True and rollback["y_stopped"] is True, rollback
+
+
 def test_in_place_upgrade_downtime_is_the_recorded_window_and_is_idempotent(tmp_path):
     with running_lab(*LAB) as lab:
         extra = _extra(lab)
-        load = LoadGenerator(lab.frontend, targets=lab.load_targets, duration=900, rate=100).start()
-        try:
-            first = run_playbook("upgrade_in_place", lab.inventory_path, extra, tmp_path)
-        finally:
-            load.stop()
-        summary = load.summary()
+        first, summary = run_under_load(lab, "upgrade_in_place", extra, tmp_path)
         assert first.rc == 0, first.explain()
 
-        report = json.loads((lab.run_dir / "reports" / f"kong-{X}-to-{Y}.json").read_text())
+        report = _report(lab)
         assert (lab.run_dir / "reports" / f"kong-{X}-to-{Y}.md").is_file()
         assert report["status"] == "succeeded"
         downtime = report["downtime"]
@@ -51,10 +75,7 @@ def test_in_place_upgrade_downtime_is_the_recorded_window_and_is_idempotent(tmp_
 
         for name, host in lab.hosts("kong_y").items():
             assert admin_version(host["kong_admin_url"]) == Y, name
-        for name, host in lab.hosts("kong_x").items():
-            assert admin_version(host["kong_admin_url"]) is None, f"{name} still answers after the upgrade"
-        after = LoadGenerator(lab.frontend, targets=lab.load_targets, duration=3, rate=100).run()
-        assert after["failed"] == 0 and set(after["ok_by_version"]) == {Y}, after["by_version"]
+        assert_serving(lab, Y, "kong_x")
         freeze = run_module("kong_config_freeze", dict(pg_args(lab), state="status"))
         assert not freeze.failed and freeze["frozen"] is False
 
@@ -69,70 +90,28 @@ def test_in_place_smoke_test_failing_after_x_stopped_restores_the_database_and_x
     with running_lab(*LAB) as lab:
         extra = _extra(lab, kong_upgrade_smoke_requests=[{"path": "/", "status": [418]}])
         run = run_playbook("upgrade_in_place", lab.inventory_path, extra, tmp_path)
-
-        assert run.rc != 0, run.explain()
-        assert "failed in phase 'smoke_test'" in run.stdout, run.explain()
-        assert "X had been stopped" in run.stdout
-        assert "Fix the cause and run the playbook again" in run.stdout
-
-        after = LoadGenerator(lab.frontend, targets=lab.load_targets, duration=3, rate=100).run()
-        assert after["failed"] == 0 and set(after["ok_by_version"]) == {X}, after["by_version"]
-        for name, host in lab.hosts("kong_x").items():
-            assert admin_version(host["kong_admin_url"]) == X, name
-        for name, host in lab.hosts("kong_y").items():
-            assert admin_version(host["kong_admin_url"]) is None, f"{name} still runs after the restore"
-        x1 = lab.host("x1")
-        migrations = run_module("kong_migrations", {"kong_executable": x1["kong_executable"],
-                                                    "conf": x1["kong_conf_path"], "state": "status"})
-        assert migrations["state_before"]["state"] == "up_to_date", migrations["state_before"]
-        assert migrations["kong_version"].startswith(X) if migrations.get("kong_version") else True
-        freeze = run_module("kong_config_freeze", dict(pg_args(lab), state="status"))
-        assert not freeze.failed and freeze["frozen"] is False
-
-        report = json.loads((lab.run_dir / "reports" / f"kong-{X}-to-{Y}.json").read_text())
-        assert report["status"] == "failed, rolled back to X"
-        assert report["failure"]["phase"] == "smoke_test"
-        assert report["rollback"]["database_restored"] is True
-        assert report["rollback"]["x_started"] is True
-        assert report["rollback"]["traffic_on_x"] is True
+        _assert_restored_to_x(lab, run, "smoke_test")
 
 
-def test_in_place_migration_failing_midway_restores_the_database_and_x(tmp_path):
+def test_in_place_y_node_that_fails_to_start_restores_the_database_and_x(tmp_path):
+    with running_lab(*LAB) as lab, socket.socket() as taken:
+        # Y's proxy_listen is an address another program holds: Y cannot start once X has stopped
+        # and the migrations have finished, so X's database must come back from the backup.
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        extra = _extra(lab, kong_upgrade_y_conf_overrides={"proxy_listen": f"127.0.0.1:{taken.getsockname()[1]}"})
+        run, summary = run_under_load(lab, "upgrade_in_place", extra, tmp_path)
+        _assert_restored_to_x(lab, run, "start_y", summary)
+
+
+def test_in_place_migrations_finish_failing_after_up_restores_the_database_and_x(tmp_path):
     with running_lab(*LAB) as lab:
         # y1's kong (the one that runs the migrations) runs `migrations up` for real, then its
         # `migrations finish` fails: the database is half-migrated when the run must recover.
-        wrap_kong(lab, "y1", tmp_path, '[ "$1" = migrations ] && [ "$2" = finish ]', "finish failed midway")
-        load = LoadGenerator(lab.frontend, targets=lab.load_targets, duration=900, rate=100).start()
-        try:
-            run = run_playbook("upgrade_in_place", lab.inventory_path, _extra(lab), tmp_path)
-        finally:
-            load.stop()
-        summary = load.summary()
-
-        assert run.rc != 0, run.explain()
-        assert "failed in phase 'migrations_finished'" in run.stdout, run.explain()
-        assert "injected fault" in run.stdout
-        assert "X had been stopped" in run.stdout
-        assert set(summary["failed_by_reason"]) <= {"http_503", "http_502"}, summary["failed_by_reason"]
-
-        after = LoadGenerator(lab.frontend, targets=lab.load_targets, duration=3, rate=100).run()
-        assert after["failed"] == 0 and set(after["ok_by_version"]) == {X}, after["by_version"]
-        for name, host in lab.hosts("kong_x").items():
-            assert admin_version(host["kong_admin_url"]) == X, name
-        for name, host in lab.hosts("kong_y").items():
-            assert admin_version(host["kong_admin_url"]) is None, f"{name} still runs after the restore"
-        x1 = lab.host("x1")
-        migrations = run_module("kong_migrations", {"kong_executable": x1["kong_executable"],
-                                                    "conf": x1["kong_conf_path"], "state": "status"})
-        assert migrations["state_before"]["state"] == "up_to_date", migrations["state_before"]
-        freeze = run_module("kong_config_freeze", dict(pg_args(lab), state="status"))
-        assert not freeze.failed and freeze["frozen"] is False
-
-        report = json.loads((lab.run_dir / "reports" / f"kong-{X}-to-{Y}.json").read_text())
-        assert report["status"] == "failed, rolled back to X"
-        assert report["failure"]["phase"] == "migrations_finished"
-        assert report["rollback"]["database_restored"] is True
-        assert report["rollback"]["x_started"] is True
+        wrap_kong(lab, "y1", tmp_path, '[ "$1" = migrations ] && [ "$2" = finish ]', "finish failed")
+        run, summary = run_under_load(lab, "upgrade_in_place", _extra(lab), tmp_path)
+        assert "injected fault: finish failed" in run.stdout, run.explain()
+        _assert_restored_to_x(lab, run, "migrations_finished", summary)
 
 
 # A trigger a DBA left on `plugins` that rejects the UPDATE of one migration's `up` (rate-limiting
@@ -157,31 +136,13 @@ def test_in_place_migrations_up_failing_midway_restores_the_database_and_the_nex
     with running_lab(*LAB) as lab:
         sql(lab, FAILING_MIGRATION_TRIGGER)
         before = sql(lab, "SELECT subsystem, executed, pending FROM schema_meta ORDER BY subsystem")
-        load = LoadGenerator(lab.frontend, targets=lab.load_targets, duration=900, rate=100).start()
-        try:
-            run = run_playbook("upgrade_in_place", lab.inventory_path, _extra(lab), tmp_path)
-        finally:
-            load.stop()
-        summary = load.summary()
+        run, summary = run_under_load(lab, "upgrade_in_place", _extra(lab), tmp_path)
         print(f"in-place, up fails midway: {summary['requests']} requests, {summary['failed']} failed, "
               f"longest outage {summary['longest_failure_window_seconds']} s")
-
-        assert run.rc != 0, run.explain()
-        assert "failed in phase 'migrations_finished'" in run.stdout, run.explain()
         assert "failed to run migration '006_350_to_360' up" in run.stdout, run.explain()
-        assert "X had been stopped" in run.stdout and "X started again True" in run.stdout
-        assert set(summary["failed_by_reason"]) <= {"http_503", "http_502"}, summary["failed_by_reason"]
-
-        # The database is X's again, as it was before the run (the half-run `up` is gone), and X serves.
+        _assert_restored_to_x(lab, run, "migrations_finished", summary)
+        # The database is X's again, as it was before the run: the half-run `up` is gone.
         assert sql(lab, "SELECT subsystem, executed, pending FROM schema_meta ORDER BY subsystem") == before
-        assert_serving(lab, X, "kong_y")
-        for name, host in lab.hosts("kong_x").items():
-            assert admin_version(host["kong_admin_url"]) == X, name
-        assert run_module("kong_config_freeze", dict(pg_args(lab), state="status"))["frozen"] is False
-        report = json.loads((lab.run_dir / "reports" / f"kong-{X}-to-{Y}.json").read_text())
-        assert report["status"] == "failed, rolled back to X"
-        assert report["failure"]["phase"] == "migrations_finished"
-        assert report["rollback"]["database_restored"] is True and report["rollback"]["x_started"] is True
 
         # The DBA removes the trigger; the same playbook then completes the upgrade.
         sql(lab, "DROP TRIGGER e2e_reject_rate_limiting_migration ON plugins")
@@ -190,39 +151,6 @@ def test_in_place_migrations_up_failing_midway_restores_the_database_and_the_nex
         for name, host in lab.hosts("kong_y").items():
             assert admin_version(host["kong_admin_url"]) == Y, name
         assert_serving(lab, Y, "kong_x")
-        report = json.loads((lab.run_dir / "reports" / f"kong-{X}-to-{Y}.json").read_text())
+        report = _report(lab)
         assert report["status"] == "succeeded" and report["migrations"]["after"] == "up_to_date"
         assert report["fingerprints"]["verified"]["keys_hash"] == report["fingerprints"]["at_freeze"]["keys_hash"]
-
-
-def test_in_place_y_node_that_fails_to_start_restores_the_database_and_x(tmp_path):
-    with running_lab(*LAB) as lab, socket.socket() as taken:
-        # Y's proxy_listen is an address another program holds: Y cannot start once X has stopped
-        # and the migrations have finished, so X's database must come back from the backup.
-        taken.bind(("127.0.0.1", 0))
-        taken.listen(1)
-        address = f"127.0.0.1:{taken.getsockname()[1]}"
-        extra = _extra(lab, kong_upgrade_y_conf_overrides={"proxy_listen": address})
-        load = LoadGenerator(lab.frontend, targets=lab.load_targets, duration=900, rate=100).start()
-        try:
-            run = run_playbook("upgrade_in_place", lab.inventory_path, extra, tmp_path)
-        finally:
-            load.stop()
-        summary = load.summary()
-
-        assert run.rc != 0, run.explain()
-        assert "failed in phase 'start_y'" in run.stdout, run.explain()
-        assert "X had been stopped" in run.stdout and "X started again True" in run.stdout
-        assert "Fix the cause and run the playbook again" in run.stdout
-        assert set(summary["failed_by_reason"]) <= {"http_503", "http_502"}, summary["failed_by_reason"]
-
-        assert_serving(lab, X, "kong_y")
-        x1 = lab.host("x1")
-        migrations = run_module("kong_migrations", {"kong_executable": x1["kong_executable"],
-                                                    "conf": x1["kong_conf_path"], "state": "status"})
-        assert migrations["state_before"]["state"] == "up_to_date", migrations["state_before"]
-        assert run_module("kong_config_freeze", dict(pg_args(lab), state="status"))["frozen"] is False
-        report = json.loads((lab.run_dir / "reports" / f"kong-{X}-to-{Y}.json").read_text())
-        assert report["status"] == "failed, rolled back to X"
-        assert report["failure"]["phase"] == "start_y"
-        assert report["rollback"]["database_restored"] is True and report["rollback"]["traffic_on_x"] is True

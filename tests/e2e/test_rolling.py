@@ -10,7 +10,7 @@ import urllib.request
 import pytest
 import yaml
 from ansible_runner import run_module
-from e2e_helpers import admin_version, fast_gate, run_playbook
+from e2e_helpers import admin_version, fast_gate, inject_proxy_5xx, pg_args, run_playbook, run_under_load
 from labfixtures import running_lab
 
 from labctl.load import LoadGenerator
@@ -26,10 +26,6 @@ MODES = {
 def _configuration_hash(host):
     with urllib.request.urlopen(host["kong_admin_url"] + "/status", timeout=3) as response:  # noqa: S310 (lab URL)
         return json.loads(response.read())["configuration_hash"]
-
-
-def _pg(lab):
-    return {k: lab.group_vars[f"kong_{k}"] for k in ("pg_host", "pg_port", "pg_user", "pg_password", "pg_database")}
 
 
 def _report(lab):
@@ -99,7 +95,7 @@ def test_rolling_upgrade_serves_every_request_keeps_the_configuration_and_is_ide
         assert first_report["backup"]["checksum"]
         if hybrid:
             assert report["freeze_lifted"] is True
-            assert run_module("kong_config_freeze", dict(_pg(lab), state="status"))["frozen"] is False
+            assert run_module("kong_config_freeze", dict(pg_args(lab), state="status"))["frozen"] is False
             listed = json.loads(urllib.request.urlopen(  # noqa: S310 (lab URL)
                 lab.host("cp1")["kong_admin_url"] + "/clustering/data-planes", timeout=3).read())["data"]
             y_rows = [dp for dp in listed if dp["version"] == Y]
@@ -113,37 +109,31 @@ def test_rolling_upgrade_serves_every_request_keeps_the_configuration_and_is_ide
 
 FAULTS = {
     # DB-less: y1 cannot start (its proxy_listen is an address x1 holds): y1 never gets traffic.
-    "y_fails_to_start": ("dbless", None, "batch 1: start_y"),
+    "y_fails_to_start": ("dbless", False, lambda lab: {"kong_upgrade_y_conf_overrides": {
+        "proxy_listen": lab.host("x1")["kong_proxy_listen"]}}, "batch 1: start_y"),
+    # Hybrid: y1 serves the frozen configuration but not what the operator's smoke test expects.
+    "smoke_test_fails": ("data_plane", False, lambda lab: {"kong_upgrade_smoke_requests": [{"path": "/", "status": [418]}]},
+                         "batch 1: smoke_test"),
     # Hybrid: y1 answers 5xx for half its requests once it gets its 10 % (emulator faults file).
-    "y_returns_5xx_at_10_percent": ("data_plane", {"proxy_5xx_rate": 0.5, "status": 503}, "batch 1: shift_traffic"),
+    "y_returns_5xx_at_10_percent": ("data_plane", True, lambda lab: {}, "batch 1: shift_traffic"),
 }
 
 
 @pytest.mark.parametrize("fault", sorted(FAULTS))
 def test_rolling_failure_before_x_is_retired_returns_traffic_to_x(fault, tmp_path):
-    mode, fault_file, phase = FAULTS[fault]
+    mode, answers_5xx, extra_vars, phase = FAULTS[fault]
     with running_lab(*NODES, *MODES[mode]) as lab:
-        extra = dict(fast_gate(lab.run_dir), kong_upgrade_mode=mode)
-        if fault_file:
-            for host in lab.hosts("kong_y").values():
-                prefix = lab.run_dir / "nodes" / host["kong_lb_server_name"]
-                prefix.mkdir(parents=True, exist_ok=True)
-                (prefix / "emulator_faults.json").write_text(json.dumps(fault_file))
-        else:
-            extra["kong_upgrade_y_conf_overrides"] = {"proxy_listen": lab.host("x1")["kong_proxy_listen"]}
-        load = LoadGenerator(lab.frontend, targets=lab.load_targets, duration=900, rate=100).start()
-        try:
-            run = run_playbook("upgrade_rolling", lab.inventory_path, extra, tmp_path)
-        finally:
-            load.stop()
-        summary = load.summary()
+        extra = dict(fast_gate(lab.run_dir), kong_upgrade_mode=mode, **extra_vars(lab))
+        if answers_5xx:
+            inject_proxy_5xx(lab, "kong_y")
+        run, summary = run_under_load(lab, "upgrade_rolling", extra, tmp_path)
         print(f"rolling fault {fault}: {summary['requests']} requests, {summary['failed']} failed "
               f"{summary['failed_by_reason']}")
 
         assert run.rc != 0, run.explain()
         assert f"The rolling upgrade failed in phase '{phase}'" in run.stdout, run.explain()
         assert "Fix the cause and run the playbook again" in run.stdout
-        if fault_file:
+        if answers_5xx:
             # Only the injected answers failed, and only while y1 had its 10 % share.
             assert set(summary["failed_by_reason"]) <= {"http_503"}, summary["failed_by_reason"]
             assert 0 < summary["failed"] < 0.1 * summary["requests"]
@@ -163,7 +153,7 @@ def test_rolling_failure_before_x_is_retired_returns_traffic_to_x(fault, tmp_pat
         assert report["rollback"]["traffic_on_x"] is True and report["rollback"]["y_stopped"] is True
         if mode == "data_plane":
             assert report["rollback"]["thawed"] is True
-            assert run_module("kong_config_freeze", dict(_pg(lab), state="status"))["frozen"] is False
+            assert run_module("kong_config_freeze", dict(pg_args(lab), state="status"))["frozen"] is False
 
 
 def test_rolling_same_host_restores_x_on_a_failed_host_and_resumes(tmp_path):
@@ -184,12 +174,7 @@ def test_rolling_same_host_restores_x_on_a_failed_host_and_resumes(tmp_path):
         extra = dict(fast_gate(lab.run_dir), kong_upgrade_mode="dbless", kong_upgrade_rolling_same_host=True,
                      kong_upgrade_rolling_y_executable=y_kong)
 
-        load = LoadGenerator(lab.frontend, targets=lab.load_targets, duration=900, rate=100).start()
-        try:
-            failed = run_playbook("upgrade_rolling", lab.inventory_path, extra, tmp_path)
-        finally:
-            load.stop()
-        summary = load.summary()
+        failed, summary = run_under_load(lab, "upgrade_rolling", extra, tmp_path)
         print(f"rolling same-host, x2 fails: {summary['requests']} requests, {summary['failed']} failed")
         assert failed.rc != 0, failed.explain()
         assert "The rolling upgrade (same-host) failed in phase 'batch 2: start_y'" in failed.stdout, failed.explain()
@@ -205,12 +190,7 @@ def test_rolling_same_host_restores_x_on_a_failed_host_and_resumes(tmp_path):
 
         # Fixed: the run resumes with x2 only (x1 already runs Y) and completes.
         lab.inventory_path.write_text(original)
-        load = LoadGenerator(lab.frontend, targets=lab.load_targets, duration=900, rate=100).start()
-        try:
-            resumed = run_playbook("upgrade_rolling", lab.inventory_path, extra, tmp_path)
-        finally:
-            load.stop()
-        summary = load.summary()
+        resumed, summary = run_under_load(lab, "upgrade_rolling", extra, tmp_path)
         print(f"rolling same-host, resumed: {summary['requests']} requests, {summary['failed']} failed")
         assert resumed.rc == 0, resumed.explain()
         assert summary["failed"] == 0, summary["failed_by_reason"]
@@ -243,7 +223,7 @@ def test_rolling_preflight_refuses_a_control_plane_older_than_y_and_a_wrong_mode
         assert "x1 runs as mode hybrid, role data_plane, but kong_upgrade_mode is dbless" in wrong.stdout, wrong.explain()
 
         # Nothing changed: no freeze, no Y node, X serves everything.
-        assert run_module("kong_config_freeze", dict(_pg(lab), state="status"))["frozen"] is False
+        assert run_module("kong_config_freeze", dict(pg_args(lab), state="status"))["frozen"] is False
         for name, host in lab.hosts("kong_y").items():
             assert admin_version(host["kong_admin_url"]) is None, name
         after = LoadGenerator(lab.frontend, targets=lab.load_targets, duration=2, rate=100).run()
