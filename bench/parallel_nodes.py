@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Benchmark: what a phase that stops or starts N Kong nodes costs, one node after the other
 (a plain loop, as the roles did before nodes.yml) and all at once (nodes.yml: one async job per
 node). Both ways run side by side in one lab, on the same nodes, several rounds; the output is
@@ -104,7 +103,7 @@ def main() -> int:
         every = sorted(lab.hosts("kong_x"))
         cases = [("sequential", every[:1]), ("parallel", every[:1]), ("sequential", every), ("parallel", every)]
         samples: dict[tuple[str, int], list[dict[str, float]]] = {(m, len(n)): [] for m, n in cases}
-        for _ in range(args.rounds):
+        for _round in range(args.rounds):
             for mode, nodes in cases:  # interleaved, so drift on a noisy machine hits every case alike
                 samples[(mode, len(nodes))].append(run_once(lab.inventory_path, playbook, mode, nodes))
     median = {key: {phase: statistics.median(s[phase] for s in runs) for phase in ("stop", "start")}
