@@ -55,6 +55,8 @@ def test_preflight_refuses_with_the_problem_and_the_fix_and_changes_nothing(tmp_
         extra = fast_gate(lab.run_dir)
         inv = lab.inventory_path
         refusals = [
+            ("a relative backup directory", "upgrade_dual_cluster", inv, {"kong_upgrade_backup_dir": "backups"},
+             ["must be absolute paths", "Nothing has changed"]),
             ("strategy mismatch", "upgrade_dual_cluster", inv, {"kong_upgrade_strategy": "in_place"},
              ["kong_upgrade_strategy=in_place was given to the dual_cluster role", "Run playbooks/upgrade_in_place.yml",
               "Nothing has changed"]),
