@@ -9,6 +9,8 @@ lab=tests/lab/lab
 run_dir=${KONG_LAB_RUN_DIR:-$repo/tests/lab/run}
 export PATH="$repo/.venv/bin:$PATH"
 load_pid=
+# Runs from the EXIT trap below, which shellcheck 0.9 cannot follow.
+# shellcheck disable=SC2317
 cleanup() {
   if [ -n "$load_pid" ] && kill -0 "$load_pid" 2> /dev/null; then kill -TERM "$load_pid"; wait "$load_pid" || true; fi
   "$lab" down > /dev/null
