@@ -8,6 +8,12 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum < requirements-dev.txt | cut -d' ' -f1)
 LAB := tests/lab/lab
 PYTEST_ARGS ?=
+# pytest-xdist workers for `make pytest` (0: one process, the default). With N > 0 each worker
+# brings up its own lab (tests/conftest.py gives worker N the lab net KONG_LAB_NET+N); the e2e
+# tests finish 1.37x sooner with 2 workers on 2 cores, but the 500 requests/s drain test in
+# tests/integration/test_lb_weight.py is not yet reliable next to another lab, so the default
+# stays 0 until it is.
+PYTEST_WORKERS ?= 0
 # Molecule scenario for `make molecule` (molecule/<name>); `make test` runs the default one.
 SCENARIO ?= in_place
 
@@ -51,7 +57,7 @@ sanity:
 	VENV=$(VENV) tests/sanity/run.sh
 
 pytest:
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 # Create (lab up), converge (the upgrade playbook), idempotence, verify, destroy (lab down);
 # honours KONG_LAB_NET and KONG_LAB_RUN_DIR. See molecule/README.md.

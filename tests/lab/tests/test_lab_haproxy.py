@@ -19,6 +19,7 @@ from labfixtures import LabHandle, lab_cli, poll, running_lab
 from labctl.haproxy import RuntimeAPI
 from labctl.lab import http_get
 from labctl.load import LoadGenerator, kong_version
+from labctl.paths import ECHO_PORT, FRONTEND_PORT, HAPROXY_ADMIN_TCP, PG_PORT, node_host
 from labctl.proc import is_alive, port_in_use
 
 X_VERSION = "3.9.1"
@@ -51,7 +52,7 @@ def test_inventory_describes_x_y_and_lb(lab: LabHandle) -> None:
     x = lab.hosts("kong_x")
     y = lab.hosts("kong_y")
     assert sorted(x) == ["x1", "x2"] and sorted(y) == ["y1"]
-    assert x["x2"]["kong_proxy_listen"] == "127.0.1.2:8000"
+    assert x["x2"]["kong_proxy_listen"] == f"{node_host('x', 2)}:8000"  # 127.0.1.2 on the default net
     assert x["x2"]["kong_version"] == X_VERSION and y["y1"]["kong_version"] == Y_VERSION
     for host in (*x.values(), *y.values()):
         assert Path(host["kong_executable"]).is_file()
@@ -59,12 +60,12 @@ def test_inventory_describes_x_y_and_lb(lab: LabHandle) -> None:
     assert stat.S_IMODE(Path(x["x1"]["kong_conf_path"]).stat().st_mode) == 0o600
     # Y: installed, not configured, not started
     assert not Path(y["y1"]["kong_conf_path"]).exists()
-    assert not port_in_use("127.0.2.1", 8000)
+    assert not port_in_use(node_host("y", 1), 8000)
     assert lab.lb["kong_lb_driver"] == "haproxy" and lab.lb["kong_lb_backend"] == "kong_proxy"
     assert Path(lab.lb["kong_lb_haproxy_state_file"]).is_file()
     gv = lab.group_vars
     assert (gv["kong_pg_host"], gv["kong_pg_port"], gv["kong_pg_user"], gv["kong_pg_database"]) == (
-        "127.0.0.1", 54329, "kong", "kong")
+        "127.0.0.1", PG_PORT, "kong", "kong")
 
 
 def test_ansible_reads_the_inventory_and_reaches_every_host(lab: LabHandle) -> None:
@@ -142,7 +143,7 @@ STARTED_OUTSIDE: dict[str, int] = {}
 def test_a_y_node_started_like_the_collection_does_gets_no_traffic_at_weight_0(lab: LabHandle) -> None:
     x1, y1 = lab.host("x1"), lab.host("y1")
     conf = Path(x1["kong_conf_path"]).read_text()
-    conf = conf.replace(x1["kong_prefix"], y1["kong_prefix"]).replace("127.0.1.1:", "127.0.2.1:")
+    conf = conf.replace(x1["kong_prefix"], y1["kong_prefix"]).replace(f"{node_host('x', 1)}:", f"{node_host('y', 1)}:")
     Path(y1["kong_prefix"]).mkdir(parents=True)
     Path(y1["kong_conf_path"]).write_text(conf)
     Path(y1["kong_conf_path"]).chmod(0o600)
@@ -217,8 +218,8 @@ def test_down_stops_every_pid_and_removes_run_dir(lab: LabHandle) -> None:
     assert time.monotonic() - started < 60
     assert [p for p in pids if is_alive(p)] == []
     assert not lab.run_dir.exists()
-    for host, port in (("127.0.0.1", 54329), ("127.0.0.1", 18000), ("127.0.0.1", 18080),
-                       ("127.0.1.2", 8000), ("127.0.1.2", 8001), ("127.0.0.1", 18999)):
+    for host, port in (("127.0.0.1", PG_PORT), ("127.0.0.1", FRONTEND_PORT), ("127.0.0.1", ECHO_PORT),
+                       (node_host("x", 2), 8000), (node_host("x", 2), 8001), HAPROXY_ADMIN_TCP):
         assert not port_in_use(host, port), f"{host}:{port} still accepts connections"
 
 

@@ -10,6 +10,7 @@ from labfixtures import lab_cli, running_lab
 
 from labctl.lab import http_get
 from labctl.load import kong_version
+from labctl.paths import ECHO_PORT, FRONTEND_PORT, PG_PORT, default_run_dir, node_host
 from labctl.proc import port_in_use
 
 FAILING_INSTALLER = '''
@@ -39,8 +40,8 @@ def test_failed_up_tears_down_what_it_started(tmp_path: Path) -> None:
     assert res.returncode == 1
     assert "kong start" in res.stderr and "boom" in res.stderr
     assert "tearing down" in res.stderr
-    assert not (Path(__file__).resolve().parent.parent / "run").exists()
-    for host, port in (("127.0.0.1", 54329), ("127.0.0.1", 18080), ("127.0.0.1", 18000)):
+    assert not default_run_dir().exists()
+    for host, port in (("127.0.0.1", PG_PORT), ("127.0.0.1", ECHO_PORT), ("127.0.0.1", FRONTEND_PORT)):
         assert not port_in_use(host, port), f"{host}:{port} left running after a failed up"
 
 
@@ -62,11 +63,12 @@ def test_hybrid_mode_control_plane_and_data_planes() -> None:
                      "--x-nodes", "2", "--y-nodes", "1") as lab:
         cp = lab.hosts("kong_cp")["cp1"]
         assert cp["kong_role"] == "control_plane" and cp["kong_version"] == "3.10.0"
-        assert cp["kong_cluster_listen"] == "127.0.3.1:8005"
+        cluster = f"{node_host('cp', 1)}:8005"  # 127.0.3.1:8005 on the default lab net
+        assert cp["kong_cluster_listen"] == cluster
         for name in ("x1", "x2", "y1"):
             node = lab.host(name)
             assert node["kong_role"] == "data_plane" and node["kong_database"] == "off"
-            assert node["kong_cluster_control_plane"] == "127.0.3.1:8005"
+            assert node["kong_cluster_control_plane"] == cluster
         status, _headers, body = http_get(cp["kong_admin_url"] + "/clustering/data-planes")
         assert status == 200
         planes = json.loads(body)["data"]
@@ -74,7 +76,7 @@ def test_hybrid_mode_control_plane_and_data_planes() -> None:
         status, headers, _body = http_get(lab.frontend + "/")
         assert status == 200
         assert kong_version(headers.get("via"), headers.get("server")) == "3.9.1"
-        assert not port_in_use("127.0.3.1", 8000)  # a control plane does not proxy
+        assert not port_in_use(node_host("cp", 1), 8000)  # a control plane does not proxy
     assert not os.path.exists(lab.run_dir)
 
 
@@ -83,10 +85,10 @@ def test_up_refuses_when_an_address_is_taken_and_starts_nothing() -> None:
 
     with socket.socket() as blocker:
         blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        blocker.bind(("127.0.0.1", 18000))
+        blocker.bind(("127.0.0.1", FRONTEND_PORT))
         blocker.listen(1)
         res = lab_cli("up", "--x-nodes", "1", "--y-nodes", "0", check=False)
     assert res.returncode == 1
-    assert "127.0.0.1:18000" in res.stderr and "already in use" in res.stderr
-    assert not (Path(__file__).resolve().parent.parent / "run").exists()
-    assert not port_in_use("127.0.0.1", 54329)
+    assert f"127.0.0.1:{FRONTEND_PORT}" in res.stderr and "already in use" in res.stderr
+    assert not default_run_dir().exists()
+    assert not port_in_use("127.0.0.1", PG_PORT)

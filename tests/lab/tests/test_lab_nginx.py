@@ -14,6 +14,7 @@ from labfixtures import LAB, LabHandle, lab_cli, poll, running_lab
 
 from labctl.lab import http_get
 from labctl.load import LoadGenerator, kong_version
+from labctl.paths import node_host
 from labctl.proc import children, is_alive
 
 X_VERSION = "3.9.1"
@@ -38,10 +39,11 @@ def test_upstream_file_lists_x_at_100_and_y_down(lab: LabHandle) -> None:
     lb = lab.lb
     assert lb["kong_lb_driver"] == "nginx" and lb["kong_lb_backend"] == "kong_proxy"
     lines = _server_lines(Path(lb["kong_lb_nginx_upstream_file"]))
-    assert lines["x1"].startswith("127.0.1.1:8000 weight=100")
-    assert lines["x2"].startswith("127.0.1.2:8000 weight=100")
-    assert lines["y1"] == "127.0.2.1:8000 weight=1 down"
-    assert lines["y2"] == "127.0.2.2:8000 weight=1 down"
+    # x1 is 127.0.1.1 and y1 127.0.2.1 on the default lab net
+    assert lines["x1"].startswith(f"{node_host('x', 1)}:8000 weight=100")
+    assert lines["x2"].startswith(f"{node_host('x', 2)}:8000 weight=100")
+    assert lines["y1"] == f"{node_host('y', 1)}:8000 weight=1 down"
+    assert lines["y2"] == f"{node_host('y', 2)}:8000 weight=1 down"
     res = subprocess.run([lb["kong_lb_nginx_binary"], "-t", "-p", lb["kong_lb_nginx_prefix"],
                           "-c", lb["kong_lb_nginx_conf"], "-e", lb["kong_lb_nginx_error_log"]],
                          capture_output=True, text=True, check=False)
@@ -67,7 +69,8 @@ def test_reload_taking_x1_out_under_load_fails_nothing(lab: LabHandle) -> None:
     try:
         poll(lambda: sum(s.ok for s in gen.samples) >= 100, 15, "load flowing through NGINX")
         text = upstream.read_text()
-        text = re.sub(r"server 127\.0\.1\.1:8000 [^;]*;", "server 127.0.1.1:8000 weight=1 down;", text)
+        x1 = f"{node_host('x', 1)}:8000"
+        text = re.sub(rf"server {re.escape(x1)} [^;]*;", f"server {x1} weight=1 down;", text)
         upstream.write_text(text)
         res = subprocess.run([lb["kong_lb_nginx_binary"], "-p", lb["kong_lb_nginx_prefix"], "-c",
                               lb["kong_lb_nginx_conf"], "-e", lb["kong_lb_nginx_error_log"], "-s", "reload"],
@@ -89,7 +92,7 @@ def test_reload_taking_x1_out_under_load_fails_nothing(lab: LabHandle) -> None:
         fh.seek(offset)
         upstreams = re.findall(r"upstream=(\S+)", fh.read())
     assert len(upstreams) >= 100
-    assert set(upstreams) == {"127.0.1.2:8000"}, set(upstreams)
+    assert set(upstreams) == {f"{node_host('x', 2)}:8000"}, set(upstreams)
 
 
 def test_lab_load_cli_ends_cleanly_on_sigterm_and_writes_summary(lab: LabHandle, tmp_path: Path) -> None:

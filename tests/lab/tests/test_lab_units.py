@@ -17,6 +17,7 @@ from labctl.inventory import build as build_inventory
 from labctl.kong import KongNode, PgSettings, declarative_format
 from labctl.lab import UpOptions
 from labctl.nginx import NginxSetup, render_upstream
+from labctl.paths import node_host
 from labctl.seed import generate
 
 SERVERS = [
@@ -111,9 +112,10 @@ def test_kong_conf_uses_kong_option_names_and_is_private(tmp_path: Path) -> None
     node.write_conf(pg, 1.0)
     text = node.conf_path.read_text()
     assert (node.conf_path.stat().st_mode & 0o777) == 0o600
+    x2 = node_host("x", 2)  # 127.0.1.2 on the default lab net
     for line in ("database = postgres", "pg_host = 127.0.0.1", "pg_port = 54329", "pg_user = kong",
-                 "pg_password = s3cret-pw", "pg_database = kong", "proxy_listen = 127.0.1.2:8000",
-                 "admin_listen = 127.0.1.2:8001", "status_listen = 127.0.1.2:8007",
+                 "pg_password = s3cret-pw", "pg_database = kong", f"proxy_listen = {x2}:8000",
+                 f"admin_listen = {x2}:8001", f"status_listen = {x2}:8007",
                  f"prefix = {tmp_path}/nodes/x2", "db_update_frequency = 1"):
         assert line in text.splitlines()
     dp = KongNode("x1", "x", 1, "3.9.1", tmp_path / "kong", tmp_path, role="data_plane",
@@ -137,8 +139,8 @@ def test_inventory_has_groups_node_vars_and_lb_settings(tmp_path: Path) -> None:
     assert set(groups) == {"kong_x", "kong_y", "kong_lb"}
     y1 = groups["kong_y"]["hosts"]["y1"]
     assert y1["kong_version"] == "3.10.0" and y1["kong_lb_server_name"] == "y1"
-    assert y1["kong_proxy_url"] == "http://127.0.2.1:8000"
-    assert y1["kong_status_url"] == "http://127.0.2.1:8007"
+    assert y1["kong_proxy_url"] == f"http://{node_host('y', 1)}:8000"
+    assert y1["kong_status_url"] == f"http://{node_host('y', 1)}:8007"
     for key in ("ansible_connection", "kong_executable", "kong_prefix", "kong_conf_path",
                 "kong_proxy_listen", "kong_admin_listen", "kong_status_listen", "kong_admin_url",
                 "kong_role", "kong_database"):
@@ -198,3 +200,23 @@ def test_lab_seed_writes_a_file_kong_config_parse_accepts(tmp_path: Path) -> Non
                                 timeout=60, env=env, cwd=tmp_path, check=False)
         assert parsed.returncode == 0, parsed.stdout + parsed.stderr
         assert "parse successful" in parsed.stdout
+
+
+def test_lab_net_0_is_the_documented_layout_and_net_k_moves_it() -> None:
+    # Every lab test reads its addresses from labctl.paths, so it passes on any net (one per
+    # pytest worker); this pins what net 0 (the README's layout) and a moved net are.
+    probe = ("from labctl import paths; print(paths.node_host('x', 2), paths.node_host('y', 1), paths.node_host('cp', 1),"
+             " paths.PG_PORT, paths.ECHO_PORT, paths.FRONTEND_PORT, paths.HAPROXY_ADMIN_TCP[1])")
+    layouts = {}
+    for net in ("0", "3"):
+        env = {**os.environ, "KONG_LAB_NET": net, "PYTHONPATH": str(LAB.parent)}
+        res = subprocess.run([str(REPO / ".venv" / "bin" / "python"), "-c", probe], capture_output=True, text=True,
+                             timeout=60, env=env, check=False)
+        assert res.returncode == 0, res.stderr
+        layouts[net] = res.stdout.split()
+    assert layouts["0"] == ["127.0.1.2", "127.0.2.1", "127.0.3.1", "54329", "18080", "18000", "18999"]
+    assert layouts["3"] == ["127.0.31.2", "127.0.32.1", "127.0.33.1", "54629", "18380", "18300", "19299"]
+    env = {**os.environ, "KONG_LAB_NET": "10", "PYTHONPATH": str(LAB.parent)}
+    res = subprocess.run([str(REPO / ".venv" / "bin" / "python"), "-c", probe], capture_output=True, text=True,
+                         timeout=60, env=env, check=False)
+    assert res.returncode != 0 and "KONG_LAB_NET must be a number from 0 to 9" in res.stderr

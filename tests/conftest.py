@@ -1,0 +1,28 @@
+"""One lab per pytest-xdist worker.
+
+`make pytest PYTEST_WORKERS=2` (or `pytest -n 2`) runs the suite on two pytest-xdist
+workers. Every lab test brings up a lab, and two labs on one machine need their own
+addresses and ports (``KONG_LAB_NET``) and their own run directory (``KONG_LAB_RUN_DIR``). Worker N gets net ``base + N`` and
+the run directory ``<base run dir>-gwN``, where the base is what the environment says
+(net 0 and ``tests/lab/run`` by default). This is set when pytest imports this file,
+before any test module imports ``labctl.paths``, which reads both once.
+
+A plain ``pytest`` run (no ``-n``) is one process and keeps the environment as it is.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+
+if _WORKER.startswith("gw") and _WORKER[2:].isdigit():
+    _base_net = int(os.environ.get("KONG_LAB_NET", "0") or "0")
+    _net = _base_net + int(_WORKER[2:])
+    if _net > 9:
+        raise RuntimeError(f"pytest worker {_WORKER} would need KONG_LAB_NET={_net}; the lab has nets 0 to 9: "
+                           "run fewer workers (-n) or a lower KONG_LAB_NET")
+    _base_dir = os.environ.get("KONG_LAB_RUN_DIR") or str(Path(__file__).resolve().parent / "lab" / "run")
+    os.environ["KONG_LAB_NET"] = str(_net)
+    os.environ["KONG_LAB_RUN_DIR"] = f"{_base_dir}-{_WORKER}"
