@@ -79,13 +79,10 @@ PLAYBOOK = """\
       ansible.builtin.debug:
         msg: "BENCH {{ {'stop': bench_t1 | float - bench_t0 | float, 'start': now().timestamp() - bench_t1 | float} | to_json }}"
     - name: Remove the async jobs' status files (as the roles' report does; not timed)
-      ansible.builtin.async_status:
-        jid: "{{ item.ansible_job_id }}"
-        mode: cleanup
-      delegate_to: "{{ item.kong_upgrade_item }}"
-      loop: "{{ kong_upgrade_async_jobs | default([]) }}"
-      changed_when: false
-      failed_when: false
+      ansible.builtin.include_role:
+        name: kongops.upgrade.kong_upgrade
+        tasks_from: cleanup_jobs.yml
+      when: bench_mode == 'parallel'
 """
 
 
