@@ -207,16 +207,16 @@ def test_lab_net_0_is_the_documented_layout_and_net_k_moves_it() -> None:
     # pytest worker); this pins what net 0 (the README's layout) and a moved net are.
     probe = ("from labctl import paths; print(paths.node_host('x', 2), paths.node_host('y', 1), paths.node_host('cp', 1),"
              " paths.PG_PORT, paths.ECHO_PORT, paths.FRONTEND_PORT, paths.HAPROXY_ADMIN_TCP[1])")
-    layouts = {}
-    for net in ("0", "3"):
+
+    def layout(net: str) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "KONG_LAB_NET": net, "PYTHONPATH": str(LAB.parent)}
-        res = subprocess.run([str(REPO / ".venv" / "bin" / "python"), "-c", probe], capture_output=True, text=True,
-                             timeout=60, env=env, check=False)
+        return subprocess.run([str(REPO / ".venv" / "bin" / "python"), "-c", probe], capture_output=True, text=True,
+                              timeout=60, env=env, check=False)
+
+    for net, expected in (("0", ["127.0.1.2", "127.0.2.1", "127.0.3.1", "54329", "18080", "18000", "18999"]),
+                          ("3", ["127.0.31.2", "127.0.32.1", "127.0.33.1", "54629", "18380", "18300", "19299"])):
+        res = layout(net)
         assert res.returncode == 0, res.stderr
-        layouts[net] = res.stdout.split()
-    assert layouts["0"] == ["127.0.1.2", "127.0.2.1", "127.0.3.1", "54329", "18080", "18000", "18999"]
-    assert layouts["3"] == ["127.0.31.2", "127.0.32.1", "127.0.33.1", "54629", "18380", "18300", "19299"]
-    env = {**os.environ, "KONG_LAB_NET": "10", "PYTHONPATH": str(LAB.parent)}
-    res = subprocess.run([str(REPO / ".venv" / "bin" / "python"), "-c", probe], capture_output=True, text=True,
-                         timeout=60, env=env, check=False)
-    assert res.returncode != 0 and "KONG_LAB_NET must be a number from 0 to 9" in res.stderr
+        assert res.stdout.split() == expected
+    refused = layout("10")
+    assert refused.returncode != 0 and "KONG_LAB_NET must be a number from 0 to 9" in refused.stderr
