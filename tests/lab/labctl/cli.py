@@ -12,7 +12,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from . import LabError
+from . import LabError, realkong
 from .kong import declarative_format
 from .lab import Lab, UpOptions, lab_all_up
 from .load import LoadGenerator, write_summary
@@ -25,15 +25,21 @@ EXIT_DOWN = 3
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lab",
-        description="The kong lab: emulated Kong on real PostgreSQL, HAProxy and NGINX, on loopback.",
+        description="The kong lab: real (or emulated) Kong on real PostgreSQL, HAProxy and NGINX, on loopback.",
     )
     parser.add_argument("--run-dir", type=Path, default=None,
                         help="runtime state directory (default tests/lab/run, or $KONG_LAB_RUN_DIR)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     up = sub.add_parser("up", help="start PostgreSQL, echo, X nodes and the LB; print the inventory path")
-    up.add_argument("--x-version", default="3.9.1", help="Kong version of the running X nodes (3.9.1)")
-    up.add_argument("--y-version", default="3.10.0", help="Kong version installed for Y nodes (3.10.0)")
+    up.add_argument("--x-version", default="3.4.2", help="Kong version of the running X nodes (3.4.2)")
+    up.add_argument("--y-version", default="3.9.1", help="Kong version installed for Y nodes (3.9.1)")
+    up.add_argument("--kong", default="auto", choices=["auto", "real", "emulated"],
+                    help="real Kong (installed, or built from the realkong kit), the emulator, or auto: "
+                         "real when every version can be had, else the emulator (auto)")
+    up.add_argument("--kong-install", action="append", default=[], metavar="DIR",
+                    help="an installed Kong (DIR/bin/kong, Kong's package layout) to use for its "
+                         "version; repeatable")
     up.add_argument("--x-nodes", type=int, default=3, help="number of X nodes, 127.0.1.N (3)")
     up.add_argument("--y-nodes", type=int, default=3, help="number of Y nodes, 127.0.2.N (3)")
     up.add_argument("--mode", default="traditional", choices=["traditional", "dbless", "hybrid"])
@@ -44,6 +50,14 @@ def _build_parser() -> argparse.ArgumentParser:
                     help="Kong db_update_frequency of the nodes, seconds (1)")
 
     sub.add_parser("down", help="stop everything the lab started (by pid) and remove its state")
+
+    kong = sub.add_parser("kong", help="real Kong: list where each version comes from, or build it")
+    kong_sub = kong.add_subparsers(dest="kong_command", required=True, metavar="ACTION")
+    kl = kong_sub.add_parser("list", help="each version: installed, built, buildable or missing, and why")
+    kl.add_argument("--kong-install", action="append", default=[], metavar="DIR")
+    kl.add_argument("--json", action="store_true")
+    kb = kong_sub.add_parser("build", help="build versions from the kit into the cache (once; default: all)")
+    kb.add_argument("versions", nargs="*", help="versions to build (default: every version the kit has)")
 
     st = sub.add_parser("status", help="show what runs; exit 0 if all up, 3 otherwise")
     st.add_argument("--json", action="store_true", help="machine-readable output")
@@ -73,6 +87,7 @@ def _cmd_up(lab: Lab, args: argparse.Namespace) -> int:
         x_version=args.x_version, y_version=args.y_version, x_nodes=args.x_nodes,
         y_nodes=args.y_nodes, mode=args.mode, cp_version=args.cp_version, lb=args.lb,
         seed_size=args.seed_size, db_update_frequency=args.db_update_frequency,
+        kong=args.kong, kong_install=tuple(args.kong_install),
     )
 
     def _term(signum: int, frame: FrameType | None) -> None:
@@ -188,6 +203,34 @@ def _cmd_load(lab: Lab, args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_kong(lab: Lab, args: argparse.Namespace) -> int:
+    kit = realkong.kit_dir()
+    if args.kong_command == "build":
+        if kit is None:
+            raise realkong.RealKongMissing("no realkong kit to build from ($KONG_LAB_REALKONG_KIT, default "
+                                           "../shared/realkong beside the checkout)")
+        for version in args.versions or realkong.kit_versions(kit):
+            found = realkong.build(version, kit)
+            print(f"{version} {found.executable}")
+        return 0
+    versions = set(realkong.kit_versions(kit) if kit else [])
+    versions |= set(realkong.installed_versions(args.kong_install))
+    rows = []
+    for version in sorted(versions, key=lambda v: tuple(int(p) for p in v.split("."))):
+        ok, why = realkong.available(version, args.kong_install)
+        rows.append({"version": version, "available": ok, "how": why})
+    if args.json:
+        print(json.dumps({"kit": str(kit) if kit else None, "cache": str(realkong.cache_dir()),
+                          "versions": rows}, indent=2))
+        return 0
+    print(f"kit: {kit or 'none'}; cache: {realkong.cache_dir()}")
+    for row in rows:
+        print(f"{row['version']:<8} {'yes' if row['available'] else 'no ':<3}  {row['how']}")
+    if not rows:
+        print("no real Kong: install Kong and pass --kong-install DIR, or provide the realkong kit")
+    return 0
+
+
 def _cmd_seed(lab: Lab, args: argparse.Namespace) -> int:
     fmt = args.format_version or declarative_format(args.kong_version)
     seed = generate(args.size, fmt, ECHO_HOST, ECHO_PORT)
@@ -201,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     lab = Lab(args.run_dir)
     handlers = {"up": _cmd_up, "down": _cmd_down, "status": _cmd_status, "load": _cmd_load,
-                "seed": _cmd_seed}
+                "seed": _cmd_seed, "kong": _cmd_kong}
     try:
         return handlers[args.command](lab, args)
     except LabError as exc:

@@ -110,6 +110,7 @@ class KongNode:
     database: str = "postgres"  # postgres or off
     cluster_control_plane: str | None = None
     declarative_config: Path | None = None
+    real: bool = False  # real Kong (nginx, LuaJIT) rather than the emulator
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -188,6 +189,10 @@ class KongNode:
         elif self.declarative_config is not None:
             opts["declarative_config"] = str(self.declarative_config)
         opts["anonymous_reports"] = "off"
+        if self.real:
+            # Sized for a 2-core lab that runs up to 7 nodes: one nginx worker, small caches.
+            opts["nginx_worker_processes"] = "1"
+            opts["mem_cache_size"] = "16m"
         opts.update(self.extra)
         header = [
             f"# kong.conf for lab node {self.name} (Kong {self.version}, role {self.role})",

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import LabError
+from . import LabError, realkong
 from . import inventory as inv
 from .haproxy import BACKEND, HAProxySetup, LbServer, haproxy_binary
 from .kong import MODES, KongNode, PgSettings, declarative_format, install_version
@@ -99,8 +99,8 @@ def http_get(url: str, headers: dict[str, str] | None = None,
 
 @dataclass
 class UpOptions:
-    x_version: str = "3.9.1"
-    y_version: str = "3.10.0"
+    x_version: str = "3.4.2"
+    y_version: str = "3.9.1"
     x_nodes: int = 3
     y_nodes: int = 3
     mode: str = "traditional"
@@ -108,8 +108,12 @@ class UpOptions:
     lb: str = "haproxy"
     seed_size: int = 50
     db_update_frequency: float = 1.0
+    kong: str = "auto"  # real, emulated, or auto: real when it can be had for every version
+    kong_install: tuple[str, ...] = ()
 
     def validate(self) -> None:
+        if self.kong not in ("auto", *realkong.PROVIDERS):
+            raise LabError(f"--kong must be real, emulated or auto, got {self.kong!r}")
         for label, v in (("--x-version", self.x_version), ("--y-version", self.y_version),
                          ("--cp-version", self.cp_version)):
             if v is None:
@@ -354,13 +358,11 @@ class Lab:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(secrets_data, fh)
 
-        # (1) emulated Kong versions
+        # (1) Kong: real (installed or built from the kit) or emulated
         versions = sorted({opts.x_version, opts.y_version}
                           | ({opts.effective_cp_version} if opts.mode == "hybrid" else set()))
-        executables: dict[str, Path] = {}
-        for v in versions:
-            executables[v] = install_version(v, p.root)
-        _say(f"installed emulated Kong {', '.join(versions)}")
+        executables = self._install_kong(opts, versions, state)
+        real = state.data["kong"]["provider"] == "real"
 
         # (2) PostgreSQL
         pg = PgCluster(p.pg, PG_HOST, PG_PORT, secrets_data["pg_admin_password"],
@@ -393,7 +395,9 @@ class Lab:
         state.data["seed"] = {"file": str(p.declarative), "units": seed.units, "counts": seed.counts,
                               "total": seed.total, "load_targets": seed.load_targets}
         state.save()
-        x_nodes, y_nodes, cp_nodes = self._plan_nodes(opts, executables)
+        x_nodes, y_nodes, cp_nodes = self._plan_nodes(opts, executables, real)
+        if real and opts.mode == "hybrid":
+            self._cluster_certificate(cp_nodes[0], [*cp_nodes, *x_nodes, *y_nodes])
         for node in [*cp_nodes, *x_nodes]:
             node.write_conf(pg_settings, opts.db_update_frequency)
 
@@ -490,26 +494,76 @@ class Lab:
         state.save()
         return p.inventory
 
-    def _plan_nodes(self, opts: UpOptions,
-                    executables: dict[str, Path]) -> tuple[list[KongNode], list[KongNode], list[KongNode]]:
+    def _install_kong(self, opts: UpOptions, versions: list[str], state: LabState) -> dict[str, Path]:
+        """The ``kong`` executable of every version, from the provider ``--kong`` asks for.
+
+        ``auto`` takes real Kong when every version can be had (installed, already built,
+        or buildable from the kit) and says why it falls back to the emulator otherwise.
+        """
+        provider = opts.kong
+        reasons: list[str] = []
+        if provider in ("auto", "real"):
+            for v in versions:
+                ok, why = realkong.available(v, opts.kong_install)
+                if not ok:
+                    reasons.append(why)
+            if reasons and provider == "real":
+                raise realkong.RealKongMissing("; ".join(reasons))
+            provider = "emulated" if reasons else "real"
+            if reasons:
+                _say(f"real Kong is not available ({'; '.join(reasons)}): using the emulator")
+        executables: dict[str, Path] = {}
+        described: dict[str, dict[str, str]] = {}
+        if provider == "real":
+            bad = realkong.unreadable_for_workers(self.run_dir)
+            if bad is not None:
+                raise LabError(f"real Kong cannot run from {self.run_dir}: {bad} is closed to others (mode "
+                               f"{bad.stat().st_mode & 0o777:o}), and nginx runs its workers as an "
+                               "unprivileged user that must read the node prefixes; set KONG_LAB_RUN_DIR "
+                               "to a directory others can traverse")
+            for v in versions:
+                found = realkong.resolve(v, opts.kong_install)
+                executables[v] = found.executable
+                described[v] = {"source": found.source, "root": str(found.root)}
+                _say(f"Kong {v}: {found.describe()}")
+        else:
+            for v in versions:
+                executables[v] = install_version(v, self.run_dir)
+                described[v] = {"source": "emulated", "root": str(executables[v].parent.parent)}
+            _say(f"installed emulated Kong {', '.join(versions)}")
+        state.data["kong"] = {"provider": provider, "versions": described}
+        state.save()
+        return executables
+
+    def _cluster_certificate(self, cp: KongNode, nodes: list[KongNode]) -> None:
+        """Hybrid on real Kong: one shared-mode cluster certificate (``kong hybrid gen_cert``)."""
+        cluster = self.paths.root / "cluster"
+        cluster.mkdir(parents=True, exist_ok=True)
+        cert, key = cluster / "cluster.crt", cluster / "cluster.key"
+        cp.kong("hybrid", "gen_cert", str(cert), str(key), what="kong hybrid gen_cert")
+        for node in nodes:
+            node.extra.update({"cluster_cert": str(cert), "cluster_cert_key": str(key)})
+
+    def _plan_nodes(self, opts: UpOptions, executables: dict[str, Path],
+                    real: bool = False) -> tuple[list[KongNode], list[KongNode], list[KongNode]]:
         root = self.paths.root
         cp_nodes: list[KongNode] = []
         cp_addr = None
         if opts.mode == "hybrid":
             cpv = opts.effective_cp_version
             cp = KongNode("cp1", "cp", 1, cpv, executables[cpv], root, role="control_plane",
-                          database="postgres")
+                          database="postgres", real=real)
             cp_nodes.append(cp)
             cp_addr = f"{cp.host}:{KONG_CLUSTER_PORT}"
 
         def make(group: str, i: int, version: str) -> KongNode:
             if opts.mode == "traditional":
-                return KongNode(f"{group}{i}", group, i, version, executables[version], root)
+                return KongNode(f"{group}{i}", group, i, version, executables[version], root, real=real)
             if opts.mode == "dbless":
                 return KongNode(f"{group}{i}", group, i, version, executables[version], root,
-                                database="off", declarative_config=self.paths.declarative)
+                                database="off", declarative_config=self.paths.declarative, real=real)
             return KongNode(f"{group}{i}", group, i, version, executables[version], root,
-                            role="data_plane", database="off", cluster_control_plane=cp_addr)
+                            role="data_plane", database="off", cluster_control_plane=cp_addr, real=real)
 
         x_nodes = [make("x", i, opts.x_version) for i in range(1, opts.x_nodes + 1)]
         y_nodes = [make("y", i, opts.y_version) for i in range(1, opts.y_nodes + 1)]
