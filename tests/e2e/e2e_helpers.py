@@ -138,3 +138,20 @@ def run_under_load(lab: Any, name: str, extra_vars: dict[str, Any], tmp_path: Pa
     finally:
         load.stop()
     return run, load.summary()
+
+
+def y_overload_fault(rate: str = "1r/s", burst: int = 20) -> dict[str, str]:
+    """``kong_upgrade_y_conf_overrides`` that make Y's proxy answer 503 under load, on real Kong.
+
+    Kong injects ``nginx_http_*`` and ``nginx_proxy_*`` settings into its nginx configuration; these
+    give Y's proxy a request limit (``limit_req``) of ``rate`` after a burst of ``burst``, keyed on
+    the client address, which is the load balancer's for every request. A few smoke-test requests
+    pass; the steady load of a traffic step does not: Kong itself answers 503 ("The upstream server
+    is currently unavailable"), the way an undersized or misconfigured Y cluster fails only once it
+    takes real traffic. X's configuration is untouched.
+    """
+    return {
+        "nginx_http_limit_req_zone": f"$binary_remote_addr zone=kongops_fault:1m rate={rate}",
+        "nginx_proxy_limit_req": f"zone=kongops_fault burst={burst} nodelay",
+        "nginx_proxy_limit_req_status": "503",
+    }

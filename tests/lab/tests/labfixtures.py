@@ -163,6 +163,11 @@ class LabHandle:
         self.pids = self.collect_pids()
 
     @property
+    def kong_provider(self) -> str:
+        """``real`` or ``emulated``: what the lab's Kong nodes run."""
+        return str(self.state.get("kong", {}).get("provider", "emulated"))
+
+    @property
     def group_vars(self) -> dict[str, Any]:
         return dict(self.inventory["all"]["vars"])
 
@@ -206,11 +211,52 @@ def _kill_leftovers(pids: list[int]) -> list[int]:
     return alive
 
 
+def _up_versions(up_args: tuple[str, ...]) -> list[str]:
+    """The Kong versions ``lab up <up_args>`` would run (the lab's defaults where not given)."""
+    from labctl.lab import UpOptions
+
+    opts = UpOptions()
+    given = {flag: value for flag, value in zip(up_args, up_args[1:], strict=False) if flag.startswith("--")}
+    x = given.get("--x-version", opts.x_version)
+    y = given.get("--y-version", opts.y_version)
+    versions = {x, y}
+    if given.get("--mode") == "hybrid":
+        versions.add(given.get("--cp-version", y))
+    return sorted(versions)
+
+
+def require_real_kong(*versions: str) -> None:
+    """Skip the calling test, with the reason, when real Kong of ``versions`` cannot be had here
+    (not installed, no kit to build it, or the kit's packages missing). Under CI (``CI=true``)
+    a missing real Kong fails the test instead: CI must prove the upgrades on Kong's own code."""
+    import pytest
+
+    from labctl import realkong
+
+    missing = []
+    for version in versions:
+        ok, why = realkong.available(version)
+        if not ok:
+            missing.append(f"Kong {version}: {why}")
+    if not missing:
+        return
+    reason = "real Kong missing: " + "; ".join(missing)
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(reason + " (CI=true: real Kong is required)", pytrace=False)
+    pytest.skip(reason)
+
+
 @contextlib.contextmanager
-def running_lab(*up_args: str) -> Iterator[LabHandle]:
-    """``lab up <args>``; yields a LabHandle; ``lab down`` afterwards, then kills by pid
-    whatever the lab recorded that is somehow still alive (never by name)."""
-    res = lab_cli("up", *up_args, check=False)
+def running_lab(*up_args: str, kong: str = "emulated") -> Iterator[LabHandle]:
+    """``lab up --kong <kong> <args>``; yields a LabHandle; ``lab down`` afterwards, then kills by
+    pid whatever the lab recorded that is somehow still alive (never by name).
+
+    ``kong="real"`` runs Kong's own code (skipped, or failed under CI, when it cannot be had:
+    see :func:`require_real_kong`); ``"emulated"`` runs the emulator, for what real Kong cannot
+    do here (versions without an OSS release, the emulator's fault file)."""
+    if kong == "real":
+        require_real_kong(*_up_versions(up_args))
+    res = lab_cli("up", "--kong", kong, *up_args, check=False)
     if res.returncode != 0:
         raise AssertionError(f"lab up {' '.join(up_args)} failed ({res.returncode}):\n{res.stderr}")
     handle = LabHandle(Path(res.stdout.strip().splitlines()[-1]), res.stdout, res.stderr)
