@@ -1,4 +1,4 @@
-"""Seed configuration: a declarative file in the shape ``kong config db_export`` writes.
+r"""Seed configuration: a declarative file in the shape ``kong config db_export`` writes.
 
 Flat top-level entity lists, foreign keys as plain ids, ids fixed (uuid5) so the same
 size always gives the same file. Made of "units"; unit ``i`` has:
@@ -8,7 +8,15 @@ size always gives the same file. Made of "units"; unit ``i`` has:
   (``hosts: [svc<i>.lab]``),
 * consumer ``consumer<i>`` with key-auth credential ``lab-key-<i>``,
 * every 5th unit: a ``key-auth`` plugin on route ``svc<i>-path``,
-* units 1, 11, 21, ...: upstream ``up<i>.lab`` with one target (the echo service).
+* units 1, 11, 21, ...: upstream ``up<i>.lab`` with one target (the echo service), and
+  service ``svc<i>`` goes through it (its host is the upstream's name) with a
+  ``rate-limiting`` plugin (``policy: local``, a limit the lab never reaches),
+* units 2, 12, 22, ...: a regex route ``svc<i>-regex`` (``/regex<i>/\d+``; in format 3.0
+  written ``~/regex<i>/\d+``, as 3.x wants regex paths) with a ``request-transformer``
+  plugin that adds ``x-lab-route: svc<i>-regex`` to the upstream request, so a test can
+  tell the regex route served (the echo service echoes request headers) rather than the
+  root route ``/``, which would answer 200 too. 3.0's migration ``016_280_to_300``
+  rewrites 2.x regex paths to ``~...``: a 2.8 -> 3.x upgrade must keep them routing.
 
 Plus service ``echo`` with route ``root`` (``paths: [/]``), so a plain ``GET /`` on
 the frontend works without a key. Every entity is tagged ``lab-seed``.
@@ -25,9 +33,11 @@ import yaml
 
 NAMESPACE = uuid.UUID("0b4f3b4e-6c1e-4e4b-9a51-6c61622d7365")
 TAGS = ["lab-seed"]
-PER_UNIT = 5.4  # entities per unit on average (see module doc)
+PER_UNIT = 5.8  # entities per unit on average (see module doc)
 KEYED_EVERY = 5
 UPSTREAM_EVERY = 10
+REGEX_EVERY = 10
+ROUTE_HEADER = "x-lab-route"
 KEY_NAME = "apikey"
 
 
@@ -71,14 +81,14 @@ def generate(size: int, format_version: str, echo_host: str, echo_port: int) -> 
     upstreams: list[dict[str, Any]] = []
     targets: list[dict[str, Any]] = []
 
-    def service(name: str) -> str:
+    def service(name: str, host: str | None = None) -> str:
         sid = _id("service", name)
         services.append(
             {
                 "id": sid,
                 "name": name,
                 "protocol": "http",
-                "host": echo_host,
+                "host": host or echo_host,
                 "port": echo_port,
                 "connect_timeout": 5000,
                 "read_timeout": 30000,
@@ -112,8 +122,11 @@ def generate(size: int, format_version: str, echo_host: str, echo_port: int) -> 
     route("root", echo_sid, paths=["/"])
 
     keyed: list[int] = []
+    regex_units: list[int] = []
+    regex_prefix = "~" if int(format_version.split(".")[0]) >= 3 else ""
     for i in range(1, n + 1):
-        sid = service(f"svc{i}")
+        upstream = (i - 1) % UPSTREAM_EVERY == 0
+        sid = service(f"svc{i}", host=f"up{i}.lab" if upstream else None)
         path_rid = route(f"svc{i}-path", sid, paths=[f"/svc{i}"])
         route(f"svc{i}-host", sid, hosts=[f"svc{i}.lab"])
         cid = _id("consumer", f"consumer{i}")
@@ -138,12 +151,21 @@ def generate(size: int, format_version: str, echo_host: str, echo_port: int) -> 
                     "tags": TAGS,
                 }
             )
-        if (i - 1) % UPSTREAM_EVERY == 0:
+        if upstream:
             uid = _id("upstream", f"up{i}.lab")
             upstreams.append({"id": uid, "name": f"up{i}.lab", "algorithm": "round-robin",
                               "slots": 10000, "tags": TAGS})
             targets.append({"id": _id("target", f"up{i}.lab"), "upstream": uid,
                             "target": f"{echo_host}:{echo_port}", "weight": 100, "tags": TAGS})
+            plugins.append({"id": _id("plugin", f"rate-limiting-svc{i}"), "name": "rate-limiting",
+                            "service": sid, "enabled": True, "protocols": ["grpc", "grpcs", "http", "https"],
+                            "config": {"minute": 1_000_000, "policy": "local"}, "tags": TAGS})
+        if (i - 2) % REGEX_EVERY == 0:
+            regex_units.append(i)
+            regex_rid = route(f"svc{i}-regex", sid, paths=[f"{regex_prefix}/regex{i}/\\d+$"])
+            plugins.append({"id": _id("plugin", f"request-transformer-svc{i}-regex"), "name": "request-transformer",
+                            "route": regex_rid, "enabled": True, "protocols": ["grpc", "grpcs", "http", "https"],
+                            "config": {"add": {"headers": [f"{ROUTE_HEADER}:svc{i}-regex"]}}, "tags": TAGS})
 
     config: dict[str, Any] = {"_format_version": format_version, "_transform": False}
     for key, items in (
@@ -171,6 +193,9 @@ def generate(size: int, format_version: str, echo_host: str, echo_port: int) -> 
         {"name": "svc1-path", "path": "/svc1/anything", "headers": {}},
         {"name": "svc2-host", "path": "/hello", "headers": {"Host": "svc2.lab"}},
     ]
+    if regex_units:
+        r = regex_units[0]
+        load_targets.append({"name": f"svc{r}-regex", "path": f"/regex{r}/42", "headers": {}})
     if keyed:
         k = keyed[0]
         load_targets.append(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -43,19 +42,26 @@ def test_seed_has_root_route_services_routes_consumers_and_keyauth() -> None:
     keyauth = [p for p in cfg["plugins"] if p["name"] == "key-auth"]
     assert keyauth and all(p["route"] in {r["id"] for r in cfg["routes"]} for p in keyauth)
     assert cfg["upstreams"] and cfg["targets"]
-    assert all(s["host"] == "127.0.0.1" and s["port"] == 18080 for s in cfg["services"])
+    upstream_names = {u["name"] for u in cfg["upstreams"]}
+    assert all(s["host"] in upstream_names | {"127.0.0.1"} and s["port"] == 18080 for s in cfg["services"])
+    services = {s["name"]: s for s in cfg["services"]}
+    assert services["svc1"]["host"] == "up1.lab" and services["svc2"]["host"] == "127.0.0.1"
+    assert routes["svc2-regex"]["paths"] == ["~/regex2/\\d+$"]
+    old_routes = {r["name"]: r for r in generate(50, "2.1", "h", 1).config["routes"]}
+    assert old_routes["svc2-regex"]["paths"] == ["/regex2/\\d+$"]  # 2.x: a regex by its characters
+    by_name = {p["name"]: p for p in cfg["plugins"]}
+    assert by_name["rate-limiting"]["service"] == services["svc1"]["id"]
+    assert by_name["request-transformer"]["route"] == routes["svc2-regex"]["id"]
+    assert by_name["request-transformer"]["config"]["add"]["headers"] == ["x-lab-route:svc2-regex"]
     names = [t["name"] for t in seed.load_targets]
-    assert names[0] == "root" and any("keyauth" in n for n in names)
+    assert names[0] == "root" and any("keyauth" in n for n in names) and "svc2-regex" in names
 
 
-def test_seed_is_deterministic_and_scales_to_10000_entities_fast(tmp_path: Path) -> None:
+def test_seed_is_deterministic_and_scales_to_10000_entities(tmp_path: Path) -> None:
     assert generate(50, "3.0", "h", 1).config == generate(50, "3.0", "h", 1).config
-    t0 = time.monotonic()
     seed = generate(10_000, "3.0", "127.0.0.1", 18080)
     seed.write(tmp_path / "kong.yml")
-    elapsed = time.monotonic() - t0
     assert 9_500 <= seed.total <= 10_500
-    assert elapsed < 30, f"generating and writing 10k entities took {elapsed:.1f}s"
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     loaded = yaml.load((tmp_path / "kong.yml").read_text(), Loader=loader)  # noqa: S506 - safe loader
     assert len(loaded["routes"]) == seed.counts["routes"]
