@@ -1,10 +1,18 @@
 """Upstream echo service: threaded HTTP/1.1 with keep-alive, answers JSON.
 
 Every request gets a 200 with ``{"method", "path", "query", "headers", "body_length",
-"echo": "lab-echo"}``. Two query parameters let tests shape answers:
+"echo": "lab-echo"}``. Query parameters let tests shape answers:
 ``echo_status=<code>`` (answer with that status) and ``echo_delay_ms=<n>`` (sleep
 before answering, capped at 30 s). No ``Server`` header is sent, so Kong adds its own
 (kong-facts 6.6: Kong sets ``Server`` only when the upstream sent none).
+
+Held requests, for tests that must know a request is in flight without a race against
+the clock: ``echo_hold=<key>`` holds the answer until ``<key>`` is released (at most
+60 s; the answer then says ``"hold": "timed out"``, else ``"hold": "released"``).
+``echo_held=<key>`` answers at once with ``{"held": <requests waiting on key now>,
+"released": <bool>}``; ``echo_release=<key>`` releases every request held on ``key``,
+now and later, and answers ``{"released": <how many were waiting>}``. Keys live in
+the running service only.
 
 Run as ``python -m labctl.echo --host 127.0.0.1 --port 18080``.
 """
@@ -20,9 +28,43 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 MAX_BODY = 8 * 1024 * 1024
+MAX_HOLD = 60.0
+
+
+class Holds:
+    """Requests held on a key until a test releases it (``echo_hold`` / ``echo_release``)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._events: dict[str, threading.Event] = {}
+        self._waiting: dict[str, int] = {}
+
+    def _event(self, key: str) -> threading.Event:
+        return self._events.setdefault(key, threading.Event())
+
+    def hold(self, key: str) -> bool:
+        """Wait until ``key`` is released (True) or MAX_HOLD passes (False)."""
+        with self._lock:
+            event = self._event(key)
+            self._waiting[key] = self._waiting.get(key, 0) + 1
+        try:
+            return event.wait(MAX_HOLD)
+        finally:
+            with self._lock:
+                self._waiting[key] -= 1
+
+    def held(self, key: str) -> dict[str, object]:
+        with self._lock:
+            return {"held": self._waiting.get(key, 0), "released": self._event(key).is_set()}
+
+    def release(self, key: str) -> dict[str, object]:
+        with self._lock:
+            self._event(key).set()
+            return {"released": self._waiting.get(key, 0)}
 
 
 class EchoHandler(BaseHTTPRequestHandler):
@@ -41,13 +83,21 @@ class EchoHandler(BaseHTTPRequestHandler):
         parts = urlsplit(self.path)
         query = parse_qs(parts.query)
         status = 200
+        holds: Holds = self.server.holds  # type: ignore[attr-defined]
+        extra: dict[str, object] = {}
         try:
+            if "echo_held" in query:
+                extra = holds.held(query["echo_held"][0])
+            if "echo_release" in query:
+                extra = holds.release(query["echo_release"][0])
             if "echo_status" in query:
                 status = int(query["echo_status"][0])
                 if not 200 <= status <= 599:
                     status = 400
             if "echo_delay_ms" in query:
                 time.sleep(min(int(query["echo_delay_ms"][0]), 30000) / 1000.0)
+            if "echo_hold" in query:
+                extra["hold"] = "released" if holds.hold(query["echo_hold"][0]) else "timed out"
         except ValueError:
             status = 400
         payload = json.dumps(
@@ -58,6 +108,7 @@ class EchoHandler(BaseHTTPRequestHandler):
                 "query": {k: v if len(v) > 1 else v[0] for k, v in query.items()},
                 "headers": {k.lower(): v for k, v in self.headers.items()},
                 "body_length": len(body),
+                **extra,
             }
         ).encode()
         self.send_response_only(status)
@@ -80,6 +131,10 @@ class EchoServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 1024
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.holds = Holds()
 
     def handle_error(self, request: object, client_address: object) -> None:
         # Client resets under load are normal; never print tracebacks for them.
