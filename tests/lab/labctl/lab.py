@@ -149,6 +149,11 @@ class UpOptions:
     def effective_cp_version(self) -> str:
         return self.cp_version or self.y_version
 
+    @property
+    def versions(self) -> list[str]:
+        """Every Kong version the lab runs or installs."""
+        return sorted({self.x_version, self.y_version} | ({self.effective_cp_version} if self.mode == "hybrid" else set()))
+
 
 # --------------------------------------------------------------------------- state
 
@@ -285,11 +290,11 @@ class Lab:
             if self.run_dir.exists():
                 _say(f"cleaning up leftovers in {self.run_dir}")
                 self._down_locked()
-            self._preflight(opts)
+            provider = self._preflight(opts)
             state = LabState(self.paths.state_file)
             started = time.monotonic()
             try:
-                inventory = self._up(opts, state)
+                inventory = self._up(opts, state, provider)
             except BaseException as exc:
                 reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc)
                 _say(f"lab up failed: {reason}")
@@ -310,7 +315,9 @@ class Lab:
             _say(f"up in {time.monotonic() - started:.1f}s")
             return inventory
 
-    def _preflight(self, opts: UpOptions) -> None:
+    def _preflight(self, opts: UpOptions) -> str:
+        """Check what the lab needs before anything starts; returns the Kong provider to use."""
+        provider = self._kong_provider(opts)
         if opts.lb == "haproxy":
             haproxy_binary()
         else:
@@ -334,8 +341,32 @@ class Lab:
                 f"address(es) already in use: {', '.join(busy)}; another lab or Kong may be "
                 "running (`tests/lab/lab status`, `tests/lab/lab down`)"
             )
+        return provider
 
-    def _up(self, opts: UpOptions, state: LabState) -> Path:
+    def _kong_provider(self, opts: UpOptions) -> str:
+        """``real`` or ``emulated`` for ``--kong``: ``auto`` takes real Kong when every version can
+        be had (installed, already built, or buildable from the kit) and says why it falls back."""
+        if opts.kong == "emulated":
+            return "emulated"
+        reasons = []
+        for version in opts.versions:
+            ok, why = realkong.available(version, opts.kong_install)
+            if not ok:
+                reasons.append(why)
+        if reasons and opts.kong == "real":
+            raise realkong.RealKongMissing("; ".join(reasons))
+        if reasons:
+            _say(f"real Kong is not available ({'; '.join(reasons)}): using the emulator")
+            return "emulated"
+        bad = realkong.unreadable_for_workers(self.run_dir)
+        if bad is not None:
+            raise LabError(f"real Kong cannot run from {self.run_dir}: {bad} is closed to others (mode "
+                           f"{bad.stat().st_mode & 0o777:o}), and nginx runs its workers as an "
+                           "unprivileged user that must read the node prefixes; set KONG_LAB_RUN_DIR "
+                           "to a directory others can traverse")
+        return "real"
+
+    def _up(self, opts: UpOptions, state: LabState, provider: str) -> Path:
         p = self.paths
         p.root.mkdir(parents=True, exist_ok=True)
         os.chmod(p.root, 0o755)
@@ -359,10 +390,8 @@ class Lab:
             json.dump(secrets_data, fh)
 
         # (1) Kong: real (installed or built from the kit) or emulated
-        versions = sorted({opts.x_version, opts.y_version}
-                          | ({opts.effective_cp_version} if opts.mode == "hybrid" else set()))
-        executables = self._install_kong(opts, versions, state)
-        real = state.data["kong"]["provider"] == "real"
+        executables = self._install_kong(opts, provider, state)
+        real = provider == "real"
 
         # (2) PostgreSQL
         pg = PgCluster(p.pg, PG_HOST, PG_PORT, secrets_data["pg_admin_password"],
@@ -494,43 +523,22 @@ class Lab:
         state.save()
         return p.inventory
 
-    def _install_kong(self, opts: UpOptions, versions: list[str], state: LabState) -> dict[str, Path]:
-        """The ``kong`` executable of every version, from the provider ``--kong`` asks for.
-
-        ``auto`` takes real Kong when every version can be had (installed, already built,
-        or buildable from the kit) and says why it falls back to the emulator otherwise.
-        """
-        provider = opts.kong
-        reasons: list[str] = []
-        if provider in ("auto", "real"):
-            for v in versions:
-                ok, why = realkong.available(v, opts.kong_install)
-                if not ok:
-                    reasons.append(why)
-            if reasons and provider == "real":
-                raise realkong.RealKongMissing("; ".join(reasons))
-            provider = "emulated" if reasons else "real"
-            if reasons:
-                _say(f"real Kong is not available ({'; '.join(reasons)}): using the emulator")
+    def _install_kong(self, opts: UpOptions, provider: str, state: LabState) -> dict[str, Path]:
+        """The ``kong`` executable of every version: real (installed, or built once from the kit)
+        or emulated (a launcher under run/versions)."""
         executables: dict[str, Path] = {}
         described: dict[str, dict[str, str]] = {}
-        if provider == "real":
-            bad = realkong.unreadable_for_workers(self.run_dir)
-            if bad is not None:
-                raise LabError(f"real Kong cannot run from {self.run_dir}: {bad} is closed to others (mode "
-                               f"{bad.stat().st_mode & 0o777:o}), and nginx runs its workers as an "
-                               "unprivileged user that must read the node prefixes; set KONG_LAB_RUN_DIR "
-                               "to a directory others can traverse")
-            for v in versions:
+        for v in opts.versions:
+            if provider == "real":
                 found = realkong.resolve(v, opts.kong_install)
                 executables[v] = found.executable
                 described[v] = {"source": found.source, "root": str(found.root)}
                 _say(f"Kong {v}: {found.describe()}")
-        else:
-            for v in versions:
+            else:
                 executables[v] = install_version(v, self.run_dir)
                 described[v] = {"source": "emulated", "root": str(executables[v].parent.parent)}
-            _say(f"installed emulated Kong {', '.join(versions)}")
+        if provider != "real":
+            _say(f"installed emulated Kong {', '.join(opts.versions)}")
         state.data["kong"] = {"provider": provider, "versions": described}
         state.save()
         return executables

@@ -318,29 +318,21 @@ def resolve(version: str, install_dirs: Sequence[str | Path] = (), build_missing
     found = find_installed(version, install_dirs, env)
     if found is not None:
         return found
+    ok, why = available(version, install_dirs, env)
+    if not ok:
+        raise RealKongMissing(why)
     kit = kit_dir(env)
-    if kit is None:
-        raise RealKongMissing(
-            f"no real Kong {version}: none is installed where the lab looks (--kong-install DIR, "
-            f"${version_env_var(version)} or $KONG_LAB_KONG_INSTALL naming a directory with bin/kong "
-            "from Kong's packages) and there is no realkong kit to build it from "
-            "($KONG_LAB_REALKONG_KIT, default ../shared/realkong beside the checkout); install Kong "
-            f"{version} and point the lab at it, or run with --kong emulated")
-    if version not in kit_versions(kit):
-        raise RealKongMissing(f"no real Kong {version}: it is not installed, and the realkong kit at {kit} "
-                              f"builds only {', '.join(kit_versions(kit))}")
-    if not build_missing:
-        prefix = build_dir(version, kit)
-        if read_marker(prefix) is None:
-            raise RealKongMissing(f"real Kong {version} is not built yet ({prefix}); "
-                                  "`tests/lab/lab kong build` builds it")
-        return RealKong(version, prefix / "bin" / "kong", "build", prefix)
+    assert kit is not None  # available() said it is built or buildable from the kit
+    if not build_missing and why != "built":
+        raise RealKongMissing(f"real Kong {version} is not built yet ({build_dir(version, kit)}); "
+                              "`tests/lab/lab kong build` builds it")
     return build(version, kit)
 
 
 def available(version: str, install_dirs: Sequence[str | Path] = (),
               env: Mapping[str, str] | None = None) -> tuple[bool, str]:
-    """Whether real Kong ``version`` can be had (installed, built, or buildable), and why not."""
+    """Whether real Kong ``version`` can be had (installed, built, or buildable): (True, how) or
+    (False, why not and what to do)."""
     try:
         if find_installed(version, install_dirs, env) is not None:
             return True, "installed"
@@ -348,15 +340,21 @@ def available(version: str, install_dirs: Sequence[str | Path] = (),
         return False, str(exc)
     kit = kit_dir(env)
     if kit is None:
-        return False, (f"no installed Kong {version} and no realkong kit (see tests/lab/README.md, "
-                       "\"Real Kong\")")
+        return False, (
+            f"no real Kong {version}: none is installed where the lab looks (--kong-install DIR, "
+            f"${version_env_var(version)} or $KONG_LAB_KONG_INSTALL naming a directory with bin/kong "
+            "from Kong's packages) and there is no realkong kit to build it from "
+            "($KONG_LAB_REALKONG_KIT, default ../shared/realkong beside the checkout); install Kong "
+            f"{version} and point the lab at it, or run with --kong emulated")
     if version not in kit_versions(kit):
-        return False, f"Kong {version} is not installed and the kit at {kit} does not build it"
+        return False, (f"no real Kong {version}: it is not installed, and the realkong kit at {kit} "
+                       f"builds only {', '.join(kit_versions(kit))}")
     if read_marker(build_dir(version, kit)) is not None:
         return True, "built"
     missing = missing_packages(kit_packages(kit))
     if missing:
-        return False, f"building Kong {version} needs Debian packages: {' '.join(missing)}"
+        return False, (f"no real Kong {version}: building it needs Debian packages that are not installed: "
+                       f"{' '.join(missing)}; run `sudo {kit / 'install-deps.sh'}` (or `make setup`)")
     return True, "buildable"
 
 

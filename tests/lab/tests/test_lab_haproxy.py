@@ -1,7 +1,8 @@
 """The lab with HAProxy: set-up, runtime API, and the smoke test (shift, drain, graceful quit).
 
-One lab for the module (2 X nodes, 1 Y node). Tests run in file order; the smoke test
-quits x1, and the last tests take the lab down and check nothing is left behind.
+One lab for the module (2 X nodes, 1 Y node) of real Kong 3.4.2 with 3.9.1 installed for Y.
+Tests run in file order; the smoke test quits x1, and the last tests take the lab down and
+check nothing is left behind.
 """
 
 from __future__ import annotations
@@ -22,15 +23,15 @@ from labctl.load import LoadGenerator, kong_version
 from labctl.paths import ECHO_PORT, FRONTEND_PORT, HAPROXY_ADMIN_TCP, PG_PORT, node_host
 from labctl.proc import is_alive, port_in_use
 
-X_VERSION = "3.9.1"
-Y_VERSION = "3.10.0"
+X_VERSION = "3.4.2"
+Y_VERSION = "3.9.1"
 DRAIN_BIT = 0x08  # srv_admin_state: forced drain
 
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[LabHandle]:
     with running_lab("--x-version", X_VERSION, "--y-version", Y_VERSION, "--x-nodes", "2",
-                     "--y-nodes", "1", "--lb", "haproxy") as handle:
+                     "--y-nodes", "1", "--lb", "haproxy", kong="real") as handle:
         yield handle
 
 

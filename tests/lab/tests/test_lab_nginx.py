@@ -1,4 +1,4 @@
-"""The lab with NGINX: upstream include file, frontend, reload under load, and `lab load`."""
+"""The lab with NGINX (real Kong 3.9.1 nodes): upstream include file, frontend, reload under load, and `lab load`."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ X_VERSION = "3.9.1"
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[LabHandle]:
-    with running_lab("--x-version", X_VERSION, "--x-nodes", "2", "--y-nodes", "2", "--lb", "nginx") as h:
+    with running_lab("--x-version", X_VERSION, "--y-version", X_VERSION, "--x-nodes", "2", "--y-nodes", "2",
+                     "--lb", "nginx", kong="real") as h:
         yield h
 
 
