@@ -65,6 +65,12 @@ GUARDED_SQL = ("SELECT c.relname AS name FROM pg_trigger t JOIN pg_class c ON c.
 SCHEMA_SQL = ("SELECT table_name AS name, md5(string_agg(column_name || ':' || data_type, ',' ORDER BY column_name)) AS h "
               "FROM information_schema.columns WHERE table_schema = current_schema() GROUP BY table_name")
 
+# The migrations Kong recorded: data migrations rewrite rows without changing any column (real
+# rate-limiting 006_350_to_360 rewrites every rate-limiting plugin's config in 3.4 -> 3.9), so a
+# fingerprint's schema is its columns and the migrations that made them.
+MIGRATIONS_SQL = ("SELECT coalesce(md5(string_agg(subsystem || ':' || coalesce(array_to_string(executed, ','), '') || ':' "
+                  "|| coalesce(array_to_string(pending, ','), ''), '|' ORDER BY subsystem)), '') AS h FROM schema_meta")
+
 # Rows with a ttl are ephemeral (Kong deletes them when they expire): left out of the fingerprint.
 TTL_SQL = ("SELECT table_name AS name FROM information_schema.columns WHERE table_schema = current_schema() "
            "AND column_name = 'ttl'")
@@ -122,7 +128,10 @@ def fingerprint(pg, tables=None):
                              " WHERE t.ttl IS NULL" if table in with_ttl else ""))
     rows = pg.query_json(" UNION ALL ".join(parts))
     columns = {row["name"]: row["h"] for row in pg.query_json(SCHEMA_SQL)}
-    schema = hashlib.sha256("".join("%s:%s\n" % (t, columns.get(t, "")) for t in sorted(tables)).encode()).hexdigest()
+    has_meta = pg.query_json("SELECT to_regclass('schema_meta') IS NOT NULL AS e")
+    migrations = pg.query_json(MIGRATIONS_SQL)[0]["h"] if has_meta and has_meta[0]["e"] else ""
+    schema = hashlib.sha256(("".join("%s:%s\n" % (t, columns.get(t, "")) for t in sorted(tables))
+                             + "migrations:%s\n" % migrations).encode()).hexdigest()
     per_table = {row["name"]: {"count": int(row["n"]), "hash": row["h"], "keys_hash": row["k"]} for row in rows}
     full = hashlib.sha256()
     keys = hashlib.sha256()
@@ -202,14 +211,15 @@ def compare(left, right):
 def unchanged_since_freeze(recorded, current):
     """(unchanged, how, differences) of the configuration since the freeze.
 
-    With the same schema, whole rows are compared. When migrations changed the schema
-    (blue-green `up`, dual-cluster restore + migrations), rows are compared by primary
-    key and count per table, and tables that appeared since must be empty.
+    With the same schema, whole rows are compared. When migrations ran (blue-green `up`,
+    dual-cluster restore + migrations, in-place), which may rewrite rows even where no column
+    changed, rows are compared by primary key and count per table, and tables that appeared
+    since must be empty.
     """
     if recorded.get("schema_hash") == current["schema_hash"]:
         field, how = "hash", "exact"
     else:
-        field, how = "keys_hash", "by primary keys (the schema changed since the freeze, as migrations do)"
+        field, how = "keys_hash", "by primary keys (migrations ran since the freeze and may rewrite rows)"
     before = recorded.get("tables") or {}
     diffs = {}
     for name in sorted(set(before) | set(current["tables"])):
