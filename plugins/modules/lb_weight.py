@@ -195,7 +195,9 @@ requested_y_percent:
   returned: when O(y_percent) is given
   type: float
 drained_after_seconds:
-  description: Seconds waited for drained servers to reach zero sessions (NGINX, for its old workers to finish).
+  description:
+    - Seconds waited for drained servers to reach zero sessions (NGINX, for its old workers to finish).
+    - 0 when every server of O(drain) was already drained, in maintenance or down.
   returned: when O(drain) is given and not in check mode
   type: float
 """
@@ -325,7 +327,10 @@ def main():
             if to_wait and driver.kind == "nginx" and not params["nginx_pidfile"]:
                 module.warn("nginx_pidfile is not set, so the drain of %s is not waited for: NGINX's old workers "
                             "may still be finishing requests to them" % ", ".join(to_wait))
-            result["drained_after_seconds"] = round(wait_drained(driver, to_wait, params["drain_timeout"]), 2)
+            # Nothing newly drained: nothing to wait for (NGINX's old workers from an earlier reload are
+            # not this run's drain).
+            waited = wait_drained(driver, to_wait, params["drain_timeout"]) if to_wait else 0.0
+            result["drained_after_seconds"] = round(waited, 2)
             after = driver.read()
     except LbError as exc:
         module.fail_json(msg=str(exc))
