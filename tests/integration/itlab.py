@@ -2,10 +2,12 @@
 
 Test modules import from here (``from itlab import ...``; a unique name, unlike ``conftest``).
 Each test module brings up the lab it needs with ``lab_session(...)`` in a module-scoped
-fixture (``tests/lab/lab up``, then ``lab down`` and a by-pid clean-up at the end). Only
-one lab runs at a time: opening another closes the previous one. The lab's addresses
-and run directory come from ``KONG_LAB_NET`` / ``KONG_LAB_RUN_DIR`` like every lab
-command, so two suites can run side by side.
+fixture (``tests/lab/lab up --kong real``, then ``lab down`` and a by-pid clean-up at the
+end). Labs run real Kong by default; ``lab_session(..., kong="emulated")`` is for what real
+Kong cannot do here, and the test says why. Only one lab runs at a time: opening another
+closes the previous one. The lab's addresses and run directory come from ``KONG_LAB_NET`` /
+``KONG_LAB_RUN_DIR`` like every lab command (``tests/conftest.py`` gives each pytest-xdist
+worker its own), so two suites can run side by side.
 
 Every module run is recorded (ansible_runner.RUN_LOG); after each test, the database
 passwords of the running lab must appear in none of the results or Ansible output
@@ -14,6 +16,7 @@ passwords of the running lab must appear in none of the results or Ansible outpu
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -39,12 +42,16 @@ if str(HERE) not in sys.path:
 
 from labfixtures import LabHandle, poll, running_lab  # noqa: E402  (puts tests/lab on sys.path)
 
+from labctl import realkong  # noqa: E402
 from labctl.kong import install_version  # noqa: E402
 from labctl.load import LoadGenerator, Sample  # noqa: E402
 from labctl.proc import clean_env, is_alive  # noqa: E402
 
 __all__ = ["Lab", "LoadGenerator", "MANAGER", "SECRETS", "Sample", "http_request", "http_status", "lab_session", "poll",
-           "run_in_background", "share_of", "strip_conditional", "subcommands", "window_after"]
+           "in_background", "share_of", "strip_conditional", "subcommands", "window_after"]
+
+# How long a started node may take to answer on its status listener (real Kong on a busy 2-core lab).
+NODE_READY_TIMEOUT = 60.0
 
 # Passwords of the lab that is up now; checked against every module run's output.
 SECRETS: set[str] = set()
@@ -105,9 +112,29 @@ class Lab:
     def create_database(self, name: str) -> None:
         self.sql(f'CREATE DATABASE "{name}"', database="postgres")
 
+    @property
+    def real(self) -> bool:
+        """Whether the lab's Kong nodes run real Kong."""
+        return self.handle.kong_provider == "real"
+
+    @property
+    def echo_url(self) -> str:
+        return str(self.vars["lab_echo_url"])
+
+    def echo(self, **query: str) -> dict[str, Any]:
+        """Ask the echo service itself (not through Kong), e.g. ``echo(echo_held="k")``."""
+        from urllib.parse import urlencode
+
+        status, body = http_request(self.echo_url + "/?" + urlencode(query))
+        assert status == 200 and isinstance(body, dict), (status, body)
+        return body
+
     # -- kong -----------------------------------------------------------------------
     def install(self, version: str) -> str:
-        """Install one more emulated Kong version in this lab; the path of its `kong`."""
+        """The path of a `kong` of one more version, from the lab's provider: real Kong (installed or
+        built from the kit, see labctl.realkong) or the emulator installed into this lab."""
+        if self.real:
+            return str(realkong.resolve(version).executable)
         return str(install_version(version, self.run_dir))
 
     def kong(self, executable: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -137,14 +164,27 @@ class Lab:
             handle.write("\n".join(lines) + "\n")
         return path
 
-    def start_node(self, name: str, template: str = "x1") -> None:
-        """Write node ``name``'s kong.conf and `kong start` it with its own executable."""
+    def start_node(self, name: str, template: str = "x1", extra: dict[str, str] | None = None) -> None:
+        """Write node ``name``'s kong.conf and `kong start` it with its own executable; the node is
+        started once its status listener answers (real Kong can say `Kong started` and exit 0 while
+        its workers die), else the test fails with what the node's error.log says."""
         host = self.host(name)
-        conf = self.write_node_conf(name, template)
+        conf = self.write_node_conf(name, template, extra)
         res = self.kong(host["kong_executable"], "start", "-c", str(conf))
         assert res.returncode == 0, f"kong start {name} failed: {res.stdout}\n{res.stderr}"
         self.started.append(name)
-        poll(lambda: http_status(host["kong_status_url"] + "/status") == 200, 15, f"{name} /status")
+        try:
+            poll(lambda: http_status(host["kong_status_url"] + "/status") == 200, NODE_READY_TIMEOUT,
+                 f"{name} /status", interval=0.2)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; {name}'s error.log ends with:\n{self.error_log_tail(name)}") from None
+
+    def error_log_tail(self, name: str, lines: int = 20) -> str:
+        log = Path(self.host(name)["kong_prefix"]) / "logs" / "error.log"
+        try:
+            return "\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+        except OSError as exc:
+            return f"(cannot read {log}: {exc})"
 
     def stop_node(self, name: str) -> None:
         host = self.host(name)
@@ -152,7 +192,8 @@ class Lab:
         assert res.returncode == 0, f"kong stop {name} failed: {res.stderr}"
 
     def set_faults(self, name: str, faults: dict[str, Any] | None) -> None:
-        """Emulator-only fault injection (kongemu.faults): ``None`` removes the file."""
+        """Emulator-only fault injection (kongemu.faults): ``None`` removes the file. Real Kong ignores
+        it: use a real means there (a plugin, Kong's injected nginx directives)."""
         path = Path(self.host(name)["kong_prefix"]) / "emulator_faults.json"
         if faults is None:
             with contextlib.suppress(FileNotFoundError):
@@ -273,13 +314,13 @@ class _LabManager:
     def __init__(self) -> None:
         self.current: tuple[tuple[str, ...], Lab, contextlib.ExitStack] | None = None
 
-    def open(self, *up_args: str) -> Lab:
+    def open(self, *up_args: str, kong: str = "real") -> Lab:
         self.close()
         stack = contextlib.ExitStack()
         deadline = time.monotonic() + LAB_LOCK_WAIT
         while True:
             try:
-                handle = stack.enter_context(running_lab(*up_args))
+                handle = stack.enter_context(running_lab(*up_args, kong=kong))
                 break
             except AssertionError as exc:
                 # `lab up` serialises on the run directory's parent (flock, no wait): another
@@ -314,9 +355,12 @@ MANAGER = _LabManager()
 
 
 @contextlib.contextmanager
-def lab_session(*up_args: str) -> Iterator[Lab]:
-    """``lab up <up_args>`` for one test module; ``lab down`` and a leftover check after it."""
-    lab = MANAGER.open(*up_args)
+def lab_session(*up_args: str, kong: str = "real") -> Iterator[Lab]:
+    """``lab up --kong <kong> <up_args>`` for one test module; ``lab down`` and a leftover check after it.
+
+    ``kong="real"`` (the default) skips the module's tests with the reason when real Kong of its
+    versions cannot be had here (fails under CI=true: labfixtures.require_real_kong)."""
+    lab = MANAGER.open(*up_args, kong=kong)
     try:
         yield lab
     finally:
@@ -339,15 +383,19 @@ def lab_processes(run_dir: Path) -> list[int]:
     return found
 
 
-def run_in_background(fn: Callable[[], Any], delay: float) -> threading.Thread:
-    """Call ``fn`` after ``delay`` seconds in a daemon thread (for example to release a lock)."""
-    def target() -> None:
-        time.sleep(delay)
-        fn()
+def in_background(fn: Callable[[], Any]) -> concurrent.futures.Future[Any]:
+    """Start ``fn()`` in a daemon thread now; its Future gives the result (for a module run that a
+    test watches from outside while it waits)."""
+    future: concurrent.futures.Future[Any] = concurrent.futures.Future()
 
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    return thread
+    def target() -> None:
+        try:
+            future.set_result(fn())
+        except BaseException as exc:  # noqa: BLE001  handed to the test through the future
+            future.set_exception(exc)
+
+    threading.Thread(target=target, daemon=True).start()
+    return future
 
 
 def subcommands(commands: list[dict[str, Any]]) -> list[str]:

@@ -2,8 +2,15 @@
 Y servers, measured by the Kong version in each answer's Via header, a drain that waits for the
 requests in flight, and no failed request while the weights move.
 
-X is 3.4.0 and Y 3.4.3 (no migration between them): the Y nodes start on the same database,
-the way the collection deploys Y, and every answer says which of the two served it.
+Real Kong: X is 3.9.0 and Y 3.9.1 (no migration between them), so the Y nodes start on the same
+database, the way the collection deploys Y, and every answer says which of the two served it
+(`Via: 1.1 kong/3.9.x`).
+
+The drain does not race the clock: the requests in flight are held by the echo service
+(`echo_hold`) until the test releases them, which it does only once the load balancer shows
+the drain applied (HAProxy: X in drain; NGINX: its old worker, which holds them, shutting
+down), so lb_weight is necessarily waiting for them then. The only clocks left are the load
+balancer's own timeouts for a request in flight (30 s), far longer than one module run.
 """
 
 from __future__ import annotations
@@ -16,14 +23,16 @@ from pathlib import Path
 
 import pytest
 from ansible_runner import four_ways, run_module, run_sequence
-from itlab import http_request, lab_session, poll, share_of, window_after
+from itlab import http_request, in_background, lab_session, poll, share_of, window_after
 
-X, Y = "3.4.0", "3.4.3"
+X, Y = "3.9.0", "3.9.1"
 X_SERVERS = ["x1", "x2", "x3"]
 Y_SERVERS = ["y1", "y2"]
 SHARES = (0, 10, 50, 100)
 PER_SHARE = 2000
 TOLERANCE = 3.0
+HELD = 12
+HAPROXY_DRAIN = 0x08  # srv_admin_state bit of a server drained from the runtime API (SRV_ADMF_FDRAIN)
 
 
 @pytest.fixture(scope="module", params=["haproxy", "nginx"])
@@ -105,17 +114,56 @@ def test_a_weight_change_four_ways(lab):
     assert not restored.failed and restored.changed
 
 
-def slow_requests(lab, count, delay_ms):
-    """``count`` requests through the frontend that the upstream answers after ``delay_ms``; each future
-    gives (status, completion time)."""
-    url = lab.frontend + f"/?echo_delay_ms={delay_ms}"
-
-    def one():
-        status, _body = http_request(url, "GET", None, 30.0)
-        return status, time.time()
-
+def held_requests(lab, key, count):
+    """``count`` requests through the frontend that the echo service holds until ``key`` is released;
+    returns once all of them are held there (in flight through the load balancer and Kong)."""
+    url = lab.frontend + f"/?echo_hold={key}"
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=count)
-    return pool, [pool.submit(one) for _index in range(count)]
+    futures = [pool.submit(http_request, url, "GET", None, 90.0) for _index in range(count)]
+    poll(lambda: lab.echo(echo_held=key)["held"] == count, 30, f"{count} requests held by the echo service")
+    return pool, futures
+
+
+def nginx_workers(lab):
+    """(serving, shutting down) worker pids of the frontend NGINX, by their process titles."""
+    master = Path(lab.lb["kong_lb_nginx_pidfile"]).read_text(encoding="utf-8").strip()
+    serving, shutting_down = [], []
+    for entry in Path("/proc").iterdir():
+        try:
+            if not entry.name.isdigit() or (entry / "stat").read_text().rsplit(")", 1)[-1].split()[1] != master:
+                continue
+            title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, IndexError):
+            continue
+        if "worker process" in title:
+            (shutting_down if "shutting down" in title else serving).append(int(entry.name))
+    return serving, shutting_down
+
+
+def drain_applied(lab):
+    """Whether the load balancer shows X drained and Y weighted, with X's requests in flight kept:
+    from then on, lb_weight can only be waiting for them."""
+    if lab.lb["kong_lb_driver"] == "haproxy":
+        state = lb_state(lab)
+        return (all(int(state[n][1]) & HAPROXY_DRAIN for n in X_SERVERS)
+                and all(int(state[n][0]) > 0 for n in Y_SERVERS))
+    text = lb_state(lab)
+    lines = {line.rsplit("#", 1)[1].strip(): line for line in text.splitlines() if "#" in line}
+    serving, shutting_down = nginx_workers(lab)
+    return all(" down;" in lines[n] for n in X_SERVERS) and bool(serving) and bool(shutting_down)
+
+
+def haproxy_sessions(lab, names):
+    """Current sessions of HAProxy's servers ``names``, summed (`show stat` scur)."""
+    header, total = [], 0
+    for line in lab.haproxy("show stat").splitlines():
+        if line.startswith("# "):
+            header = line[2:].split(",")
+        elif header and line.strip():
+            row = dict(zip(header, line.split(",")))
+            if row.get("pxname") == lab.lb["kong_lb_backend"] and row.get("svname") in names:
+                total += int(row.get("scur") or 0)
+    return total
 
 
 def test_shares_drain_and_no_failed_request_while_weights_move(lab, record_property):
@@ -134,21 +182,27 @@ def test_shares_drain_and_no_failed_request_while_weights_move(lab, record_prope
             measured[pct] = share_of(window, Y)
             assert all(s.ok for s in window)
 
-        # Drain X while slow requests are in flight on it: the module waits until they are done.
-        half = run_module("lb_weight", weights(lab, x_servers=X_SERVERS, y_servers=Y_SERVERS, y_percent=50))
-        assert not half.failed
-        pool, slow = slow_requests(lab, 12, 6000)
-        drained = run_module("lb_weight", weights(lab, drain=X_SERVERS, drain_timeout=30))
-        returned = time.time()
-        assert not drained.failed, drained.get("msg")
-        finished_slow = [f.done() for f in slow]
-        results = [f.result() for f in slow]
+        # Drain X while requests are in flight on it, moving all traffic to Y in the same run, as an
+        # upgrade's last step does: the module returns only once they are answered.
+        zero = run_module("lb_weight", weights(lab, x_servers=X_SERVERS, y_servers=Y_SERVERS, y_percent=0))
+        assert not zero.failed and zero["y_share"] == 0.0
+        key = f"drain-{lab.lb['kong_lb_driver']}"
+        pool, held = held_requests(lab, key, HELD)  # Y has no weight: all of them are on X
+        if lab.lb["kong_lb_driver"] == "haproxy":
+            assert haproxy_sessions(lab, X_SERVERS) >= HELD
+        draining = in_background(lambda: run_module("lb_weight", weights(
+            lab, drain=X_SERVERS, x_servers=X_SERVERS, y_servers=Y_SERVERS, y_percent=100, drain_timeout=120)))
+        poll(lambda: drain_applied(lab) or draining.done(), 60, "lb_weight to drain X and weight Y", interval=0.05)
+        assert not draining.done(), f"the drain returned while requests were in flight: {draining.result()}"
+        assert lab.echo(echo_held=key)["held"] == HELD
+        assert lab.echo(echo_release=key)["released"] == HELD
+        drained = draining.result(timeout=150)
+        answers = [f.result() for f in held]
         pool.shutdown()
-        assert all(finished_slow), "the drain returned before the requests in flight were answered"
-        assert all(status == 200 for status, _done in results), results
-        # The wait was real: requests in flight were still being answered while the module waited.
-        waiting_since = returned - drained["drained_after_seconds"]
-        assert max(done for _status, done in results) > waiting_since - 0.5, (drained["drained_after_seconds"], results)
+        assert not drained.failed, drained.get("msg")
+        assert all(status == 200 and body["hold"] == "released" for status, body in answers), answers
+        assert drained["drained_after_seconds"] > 0, "the module did not wait for the requests in flight"
+        assert drained["y_share"] == 100.0
         for name in X_SERVERS:
             assert drained["servers"][name]["admin_state"] in ("drain", "maint")
             assert drained["servers"][name]["sessions"] == 0
@@ -157,7 +211,7 @@ def test_shares_drain_and_no_failed_request_while_weights_move(lab, record_prope
         again, back = run_sequence("lb_weight", [
             (weights(lab, drain=X_SERVERS, drain_timeout=30), False),
             (weights(lab, ready=X_SERVERS, x_servers=X_SERVERS, y_servers=Y_SERVERS, y_percent=0), False)])
-        assert not again.failed and not again.changed and again["drained_after_seconds"] < 0.5
+        assert not again.failed and not again.changed and again["drained_after_seconds"] == 0
         assert not back.failed and back["y_share"] == 0.0
         window = window_after(gen, time.time() + 0.2, 500)
         assert share_of(window, Y) == 0.0
