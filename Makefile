@@ -20,7 +20,7 @@ SCENARIO ?= in_place
 .PHONY: help setup system-packages real-kong demo test lint ruff ansible-lint sanity pytest molecule lab-down clean
 
 help:
-	@echo "make demo    lab up (3.9.1 -> 3.10.0), dual-cluster upgrade under load, report, lab down"
+	@echo "make demo    lab up (real Kong 3.4.2 -> 3.9.1), dual-cluster upgrade under load, report, lab down"
 	@echo "make test    every check and test: ruff, ansible-lint, ansible-test sanity, pytest, molecule ($(SCENARIO))"
 	@echo "make setup   only install what the two above need (apt packages, $(VENV))"
 	@echo "make real-kong   build real Kong from the realkong kit into the cache (done by make test)"
