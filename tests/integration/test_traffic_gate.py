@@ -1,32 +1,79 @@
-"""traffic_gate on the lab under load: pass on a healthy Y, fail when Y answers errors (the emulator's
-fault injection makes Kong itself answer 503), inconclusive when too little traffic reaches Y.
-Counters from HAProxy (`show stat`) and from the nodes' Prometheus `/metrics`."""
+"""traffic_gate on the lab under load, on real Kong: pass on a healthy Y, fail when Y answers errors,
+inconclusive when too little traffic reaches Y. Counters from HAProxy (`show stat`) and from the
+nodes' Prometheus `/metrics`.
+
+X is 3.9.0 (x1, x2) and Y 3.9.1 (y1) with its own database, as in a dual-cluster upgrade: Y's
+database is bootstrapped by Y and seeded with the lab's configuration, so a plugin added there
+changes only Y. Real Kong exposes `kong_http_requests_total` on the Status API only with the
+prometheus plugin configured with `status_code_metrics` (3.x), so both databases get it, as an
+operator's must for `source: kong_metrics`.
+
+The fault is real Kong answering 503 itself: a `pre-function` plugin on Y's database that ends
+every fifth request Y proxies with `kong.response.exit(503)` (a counter kept in the function's
+upvalue; the lab's real nodes run one nginx worker, so exactly 20 % of Y's requests fail, not
+about 20 %).
+"""
 
 from __future__ import annotations
 
 import pytest
 from ansible_runner import run_tasks
-from itlab import lab_session, poll
+from itlab import http_request, lab_session, poll
 
-X, Y = "3.4.0", "3.4.3"
+X, Y = "3.9.0", "3.9.1"
 X_SERVERS = ["x1", "x2"]
 Y_SERVERS = ["y1"]
-FAULT_RATE = 0.2
+FAULT_EVERY = 5
+FAULT_RATE = 1 / FAULT_EVERY
+FAULT_MESSAGE = "injected by the traffic_gate integration test"
+FAULT_CODE = f"""local n = 0
+return function()
+  n = n + 1
+  if n % {FAULT_EVERY} == 0 then
+    return kong.response.exit(503, {{ message = "{FAULT_MESSAGE}" }})
+  end
+end"""
+Y_DATABASE = "kong_y"
+
+
+def add_plugin(admin_url, body):
+    status, answer = http_request(admin_url + "/plugins", "POST", body)
+    assert status == 201, (status, answer)
+    return answer["id"]
+
+
+def metrics_counted(status_url):
+    status, text = http_request(status_url + "/metrics")
+    return status == 200 and isinstance(text, str) and "kong_http_requests_total{" in text
 
 
 @pytest.fixture(scope="module")
 def lab():
     with lab_session("--x-version", X, "--y-version", Y, "--x-nodes", "2", "--y-nodes", "1") as lab:
-        lab.start_node("y1")
+        y_db = {"pg_database": Y_DATABASE}
+        lab.create_database(Y_DATABASE)
+        conf = str(lab.write_node_conf("y1", extra=y_db))
+        y_kong = lab.host("y1")["kong_executable"]
+        for args in (("migrations", "bootstrap", "-c", conf),
+                     ("config", "db_import", str(lab.vars["lab_declarative_config"]), "-c", conf)):
+            res = lab.kong(y_kong, *args)
+            assert res.returncode == 0, (args, res.stdout, res.stderr)
+        lab.start_node("y1", extra=y_db)
+        prometheus = {"name": "prometheus", "config": {"status_code_metrics": True}}
+        add_plugin(lab.host("x1")["kong_admin_url"], prometheus)
+        add_plugin(lab.host("y1")["kong_admin_url"], prometheus)
         poll(lambda: lab.haproxy_servers_up(Y_SERVERS), 15, "HAProxy health checks to see y1 up")
         gen = lab.load(rate=400.0, concurrency=6)
         gen.start()
         lab.gen = gen
         try:
+            # X gets all traffic until the first step: wait until both X nodes count it.
+            for name in X_SERVERS:
+                poll(lambda name=name: metrics_counted(lab.host(name)["kong_status_url"]), 30,
+                     f"{name}'s /metrics to count requests (prometheus plugin)", interval=0.2)
             yield lab
         finally:
             gen.stop()
-            lab.set_faults("y1", None)
 
 
 def gate_step(lab, pct, *gates):
@@ -51,6 +98,11 @@ def metrics_gate(lab, **extra):
             "min_requests": 300, "min_duration": 1, "max_duration": 30, "interval": 0.5, **extra}
 
 
+def y_answers(lab, count):
+    """Statuses of ``count`` requests sent straight to Y's proxy."""
+    return [http_request(lab.host("y1")["kong_proxy_url"] + "/")[0] for _index in range(count)]
+
+
 def test_a_healthy_y_passes(lab):
     by_lb, by_metrics = gate_step(lab, 50, (haproxy_gate(lab), False), (metrics_gate(lab), True))
     for result in (by_lb, by_metrics):
@@ -63,15 +115,22 @@ def test_a_healthy_y_passes(lab):
 
 
 def test_y_answering_errors_fails_the_step(lab):
-    lab.set_faults("y1", {"proxy_5xx_rate": FAULT_RATE, "status": 503})
+    y_admin = lab.host("y1")["kong_admin_url"]
+    fault = add_plugin(y_admin, {"name": "pre-function", "config": {"access": [FAULT_CODE]}})
     try:
+        # Y's router and plugins are rebuilt a moment after the write: wait for its first injected 503.
+        poll(lambda: 503 in y_answers(lab, FAULT_EVERY), 30, "y1 to answer the injected 503", interval=0.2)
         by_lb, by_metrics = gate_step(lab, 50, (haproxy_gate(lab), False), (metrics_gate(lab), False))
     finally:
-        lab.set_faults("y1", None)
+        status, _body = http_request(f"{y_admin}/plugins/{fault}", "DELETE")
+        assert status == 204
+    poll(lambda: 503 not in y_answers(lab, 2 * FAULT_EVERY), 30, "y1 without the injected fault", interval=0.2)
     for result in (by_lb, by_metrics):
         assert not result.failed, result.get("msg")
         assert result["verdict"] == "fail", result["reason"]
         assert result["y"]["requests"] >= 300
+        # Every fifth request Y proxies fails. A window's counts are off only by the cycle of five it cuts and
+        # the requests in flight at its two ends (at most 6 each): (1 + 12) / 300 < 0.05.
         assert abs(result["y"]["error_rate"] - FAULT_RATE) < 0.05, result["y"]
         assert result["x"]["errors"] == 0
         assert "above the limit" in result["reason"]
