@@ -161,6 +161,39 @@ def read_conf_file(path):
     return values
 
 
+def error_log_path(settings, prefix):
+    """The file nginx's master and workers log errors to (``proxy_error_log``, relative to the prefix), or
+    None when it is not a file (``off``, ``syslog:``, ``/dev/stderr``)."""
+    value = (settings.get("proxy_error_log") or "logs/error.log").strip()
+    if value in ("off", "") or value.startswith("syslog:") or value.startswith("/dev/"):
+        return None
+    if not os.path.isabs(value):
+        if not prefix:
+            return None
+        value = os.path.join(prefix, value)
+    return value
+
+
+_LOG_LEVEL = re.compile(r"\[(emerg|alert|crit|error)\]")
+# nginx's master gives up on a worker that exits with code 2 (it failed to initialise: chdir, setuid, a
+# module's init): no worker will ever serve.
+_FATAL = re.compile(r"exited with fatal code|cannot be respawned|\[emerg\]")
+
+
+def error_log_problems(text, limit=4):
+    """(the most telling error-log lines, whether one of them is fatal) from error-log text: the last
+    [emerg]/[alert]/[crit] lines, else the last [error] lines, each without its timestamp and pid prefix."""
+    serious, errors = [], []
+    for line in text.splitlines():
+        match = _LOG_LEVEL.search(line)
+        if not match:
+            continue
+        short = line[match.start():].strip()
+        (errors if match.group(1) == "error" else serious).append(short)
+    chosen = serious[-limit:] if serious else errors[-limit:]
+    return chosen, any(_FATAL.search(line) for line in serious)
+
+
 def database_settings(cli):
     """The node's effective pg_* settings: kong.conf, then KONG_* variables, then the module's environment."""
     values = read_conf_file(cli.conf)

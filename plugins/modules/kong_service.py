@@ -12,6 +12,10 @@ version_added: 1.0.0
 description:
   - Reads whether the node runs with C(kong health) (its prefix) and runs C(kong start), C(kong quit)
     (graceful, the default) or C(kong stop), C(kong restart) or C(kong reload) only when needed.
+  - A started node is judged by its readiness, never by the exit code of C(kong start) alone (its nginx workers
+    may die at once while C(kong start) still prints C(Kong started) and exits 0). With O(status_url) or
+    O(admin_url), the module waits until the node answers C(GET /status/ready) with 200 (Kong 3.3+) or, on
+    versions without that endpoint, C(GET /status) on its Admin API; a failure says what the node's error log says.
   - For nodes managed by systemd, use M(ansible.builtin.systemd_service) instead; the collection's roles
     choose with C(kong_upgrade_process_manager).
 author:
@@ -44,6 +48,31 @@ options:
       - Seconds C(kong quit) waits before it starts to quit (C(-w)), for load balancers to notice.
     type: int
     default: 0
+  admin_url:
+    description:
+      - The node's Admin API, to judge a started node by C(GET /status) where O(status_url) is not given or the
+        version has no C(/status/ready).
+    type: str
+  status_url:
+    description:
+      - The node's Status API, to judge a started node by C(GET /status/ready) (Kong 3.3+).
+      - Without O(admin_url) and O(status_url), a started node is judged by C(kong health) only.
+    type: str
+  admin_token:
+    description:
+      - Sent as the C(Kong-Admin-Token) header to the Admin API.
+    type: str
+  validate_certs:
+    description:
+      - Verify TLS certificates of O(admin_url) and O(status_url).
+    type: bool
+    default: true
+  ready_timeout:
+    description:
+      - Seconds a started node may take to become ready. The wait ends at once when the node's error log says its
+        workers cannot be respawned.
+    type: int
+    default: 60
 attributes:
   check_mode:
     support: full
@@ -89,18 +118,107 @@ duration_seconds:
   description: How long the command took.
   returned: when a command ran
   type: float
+ready:
+  description: How the started node was judged ready (the URL that answered, after how many seconds).
+  returned: when O(state=started) or O(state=restarted) and O(admin_url) or O(status_url) is given
+  type: dict
+  sample: {"url": "http://127.0.0.1:8007/status/ready", "seconds": 1.4}
 """
 
+import os
 import time
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.kongops.upgrade.plugins.module_utils._kong_cli import KONG_NODE_ARGSPEC, KongCli, KongCliError
+from ansible_collections.kongops.upgrade.plugins.module_utils._admin_api import AdminApiError, KongHttp
+from ansible_collections.kongops.upgrade.plugins.module_utils._kong_cli import (
+    KONG_NODE_ARGSPEC,
+    KongCli,
+    KongCliError,
+    error_log_path,
+    error_log_problems,
+    read_conf_file,
+)
 
 
 def is_running(cli):
     result = cli.run(["health"], with_conf=False)
     return result.rc == 0, result
+
+
+def log_size(path):
+    try:
+        return os.path.getsize(path) if path else 0
+    except OSError:
+        return 0
+
+
+def read_log(path, offset):
+    """What the error log got since ``offset`` (its last 64 KiB when it was rotated or is new)."""
+    if not path:
+        return ""
+    try:
+        with open(path, "rb") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            handle.seek(offset if 0 <= offset <= size else max(0, size - 65536))
+            return handle.read()[-65536:].decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def probe(admin, status, data_plane=False):
+    """(ready, what was seen): /status/ready on the Status API, else /status on the Admin API. A data
+    plane is ready only once its control plane sent it a configuration; that it answers is enough here
+    (the rolling strategy waits for its sync with its own timeout and message)."""
+    if status is not None:
+        try:
+            response = status.request("GET", "/status/ready")
+        except AdminApiError as exc:
+            return False, str(exc)
+        if response.status == 200 or (data_plane and response.status == 503):
+            return True, "%s/status/ready" % status.base_url
+        if response.status != 404 or admin is None:
+            body = response.json()
+            message = body.get("message") if isinstance(body, dict) else None
+            return False, "%s/status/ready answered %s%s" % (status.base_url, response.status,
+                                                               ": %s" % message if message else "")
+    try:
+        response = admin.request("GET", "/status")
+    except AdminApiError as exc:
+        return False, str(exc)
+    if response.status == 200:
+        return True, "%s/status" % admin.base_url
+    return False, "%s/status answered %s" % (admin.base_url, response.status)
+
+
+def wait_ready(module, cli, log_path, log_offset):
+    """Wait until the node is ready; fail with what its error log says when it does not become ready."""
+    params = module.params
+    admin = status = None
+    if params["admin_url"]:
+        admin = KongHttp(params["admin_url"], params["admin_token"], params["validate_certs"], timeout=3)
+    if params["status_url"]:
+        status = KongHttp(params["status_url"], None, params["validate_certs"], timeout=3)
+    data_plane = (read_conf_file(params["conf"]).get("role") or "") == "data_plane"
+    started = time.time()
+    deadline = started + params["ready_timeout"]
+    while True:
+        ready, seen = probe(admin, status, data_plane)
+        if ready:
+            return {"url": seen, "seconds": round(time.time() - started, 3)}
+        problems, fatal = error_log_problems(read_log(log_path, log_offset))
+        if fatal or time.time() >= deadline:
+            break
+        time.sleep(0.5)
+    running, _health = is_running(cli)
+    log_text = ("its error log %s says: %s" % (log_path, " | ".join(problems)) if problems
+                else "its error log %s has no error since the start" % log_path if log_path
+                else "it has no error log file to read (proxy_error_log)")
+    return {"failed": True, "msg": "the node in %s is not ready after `kong %s` (which exited 0) within %s s: %s; "
+            "the nginx master %s; %s"
+            % (params["prefix"], "start" if params["state"] == "started" else "restart",
+               round(time.time() - started, 1), seen, "still runs (its workers do not serve)" if running
+               else "is gone", log_text)}
 
 
 def main():
@@ -110,6 +228,11 @@ def main():
         graceful=dict(type="bool", default=True),
         quit_timeout=dict(type="int", default=10),
         quit_wait=dict(type="int", default=0),
+        admin_url=dict(type="str"),
+        status_url=dict(type="str"),
+        admin_token=dict(type="str", no_log=True),
+        validate_certs=dict(type="bool", default=True),
+        ready_timeout=dict(type="int", default=60),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
                            required_if=[("state", "started", ["conf"]), ("state", "restarted", ["conf"])])
@@ -138,11 +261,20 @@ def main():
     result = {"changed": command is not None, "running_before": running, "commands": []}
     predicted = running if command is None else state != "stopped"
     result["diff"] = {"before": "running: %s\n" % running, "after": "running: %s\n" % predicted}
+    if command is None and state == "started" and not module.check_mode and (params["admin_url"] or params["status_url"]):
+        # Already running: still judged by its readiness (a master whose workers died answers `kong health`).
+        log_path = error_log_path(read_conf_file(params["conf"]), params["prefix"])
+        result["ready"] = wait_ready(module, cli, log_path, max(0, log_size(log_path) - 65536))
+        if result["ready"].get("failed"):
+            module.fail_json(msg=result["ready"].pop("msg"), **result)
     if command is None or module.check_mode:
         result["running"] = predicted
         if command is not None:
             result["planned"] = "kong " + " ".join(command)
         module.exit_json(**result)
+    judge_ready = state in ("started", "restarted") and bool(params["admin_url"] or params["status_url"])
+    log_path = error_log_path(read_conf_file(params["conf"]), params["prefix"]) if judge_ready else None
+    log_offset = log_size(log_path)
     started = time.time()
     with_conf = command[0] in ("start", "restart", "reload")
     outcome = cli.run(command, with_conf=with_conf, db_options=command[0] in ("start", "restart"))
@@ -156,6 +288,10 @@ def main():
         module.fail_json(msg="after `kong %s` the node in %s %s" % (
             command[0], params["prefix"], "does not run; see its logs/error.log" if predicted else "still runs"),
             **result)
+    if judge_ready:
+        result["ready"] = wait_ready(module, cli, log_path, log_offset)
+        if result["ready"].get("failed"):
+            module.fail_json(msg=result["ready"].pop("msg"), **result)
     if not module._diff:
         result.pop("diff", None)
     module.exit_json(**result)
