@@ -1,9 +1,11 @@
-"""kong_migrations on the lab: 2.8.4 -> 3.4.3 -> 3.9.1 with the new binary against x1's kong.conf.
+"""kong_migrations on real Kong: 2.8.5 -> 3.4.2 -> 3.9.1 with the new binary against x1's kong.conf.
 
 Each state runs four ways (check, real, check again, real again); check mode's plan must
-be what the real run did. The migration counts are kong-facts 3.4's worked examples. The
-tests run in file order on one lab and build on each other (the database moves from 2.8.4
-to 3.4.3 to 3.9.1), so run the file whole.
+be what the real run did. The migration counts are what real Kong does (2.8.5 -> 3.4.2:
+15 new, `up` executes 11 and leaves 4 pending, the teardowns of core, http-log,
+pre-function and post-function; 3.4.2 -> 3.9.1: 9 new, 4 executed, 5 pending). The tests
+run in file order on one lab and build on each other (the database moves from 2.8.5 to
+3.4.2 to 3.9.1), so run the file whole.
 """
 
 from __future__ import annotations
@@ -12,22 +14,23 @@ import time
 
 import pytest
 from ansible_runner import four_ways, run_module, run_sequence
-from itlab import http_status, lab_session, run_in_background, strip_conditional, subcommands
+from itlab import http_request, http_status, in_background, lab_session, poll, strip_conditional, subcommands
 
-X, Y, Z = "2.8.4", "3.4.3", "3.9.1"
+X, Y, Z = "2.8.5", "3.4.2", "3.9.1"
 OTHER_OWNER = "it-other-node-7f3a"
+REGEX_ROUTE = "svc2-regex"  # the seed's /regex2/\d+$ (a regex path in 2.x, rewritten to ~/regex2/\d+$ by 3.0's up)
 
 
 @pytest.fixture(scope="module")
 def lab():
     with lab_session("--x-version", X, "--y-version", Y, "--x-nodes", "1", "--y-nodes", "1") as lab:
-        lab.install(Z)
+        lab.binaries = {X: lab.host("x1")["kong_executable"], Y: lab.host("y1")["kong_executable"], Z: lab.install(Z)}
         yield lab
 
 
 def args(lab, version, state, **extra):
-    return {"kong_executable": str(lab.run_dir / "versions" / version / "bin" / "kong"),
-            "conf": lab.host("x1")["kong_conf_path"], "state": state, **extra}
+    return {"kong_executable": lab.binaries[version], "conf": lab.host("x1")["kong_conf_path"], "state": state,
+            **extra}
 
 
 def on_database(database, lab):
@@ -59,8 +62,23 @@ def lock_rows(lab, database=None):
     return lab.sql("SELECT owner FROM locks WHERE key = 'migrations'", database=database)
 
 
+def lock_reads(lab, database):
+    """How often the locks table was read (PostgreSQL's scan counters). `kong migrations list` and
+    `status` never read it; kong_migrations does, before it runs anything."""
+    rows = lab.sql("SELECT coalesce(seq_scan, 0) + coalesce(idx_scan, 0) FROM pg_stat_user_tables "
+                   "WHERE relname = 'locks'", database=database)
+    return int(rows[0][0])
+
+
+def served_by_regex_route(lab, node="x1"):
+    """Whether node's proxy serves /regex2/42 through the seed's regex route (its request-transformer
+    tags the upstream request), not through the root route `/`."""
+    status, body = http_request(lab.host(node)["kong_proxy_url"] + "/regex2/42")
+    return status == 200 and body["headers"].get("x-lab-route") == REGEX_ROUTE
+
+
 def test_node_info_of_a_2_8_node_before_the_upgrade(lab):
-    """kong_node_info against the 2.8.4 X node: no /status/ready before 3.3, so readiness is unknown."""
+    """kong_node_info against the 2.8.5 X node: no /status/ready before 3.3, so readiness is unknown."""
     x1 = lab.host("x1")
     node = run_module("kong_node_info", {"admin_url": x1["kong_admin_url"], "status_url": x1["kong_status_url"],
                                          "kong_executable": x1["kong_executable"], "expected_version": X})
@@ -128,18 +146,32 @@ def test_a_live_lock_is_reported_with_owner_and_expiry(lab, state):
 
 
 def test_up_2_8_to_3_4_expands_and_x_keeps_serving(lab):
+    assert served_by_regex_route(lab)
     results = four_ways("kong_migrations", args(lab, Y, "up"))
     check, real = results[0], results[1]
     assert check["planned"] == ["migrations up"]
     assert_plan_was_the_outcome(check, real)
     after = real["state_after"]
-    # kong-facts 3.4: 15 processed, 13 executed, 2 pending.
+    # Real Kong: 15 processed, 11 executed, 4 pending (pre- and post-function have a teardown from 3.0 too;
+    # kong-facts 3.4 said 13 and 2).
     assert after["state"] == "pending" and not after["new"]
-    assert after["pending"] == {"core": ["016_280_to_300"], "http-log": ["001_280_to_300"]}
-    assert total(after["executed"]) - total(real["state_before"]["executed"]) == 13
+    assert after["pending"] == {"core": ["016_280_to_300"], "http-log": ["001_280_to_300"],
+                                "post-function": ["001_280_to_300"], "pre-function": ["001_280_to_300"]}
+    assert total(after["executed"]) - total(real["state_before"]["executed"]) == 11
     assert real["waited_for_lock_seconds"] == 0
-    assert "pending: 2" in real["diff"]["after"]
+    assert "pending: 4" in real["diff"]["after"]
     assert http_status(lab.host("x1")["kong_proxy_url"] + "/") == 200, "X must keep serving after up (expand)"
+    # 016_280_to_300 rewrote the regex path to 3.0's ~ form during up; 2.8.5 still routes it, even after its
+    # router is rebuilt (a route written through its Admin API): 2.8 accepts the ~ prefix.
+    assert lab.sql("SELECT paths FROM routes WHERE name = %s", (REGEX_ROUTE,)) == [(["~/regex2/\\d+$"],)]
+    x_admin = lab.host("x1")["kong_admin_url"]
+    status, _body = http_request(x_admin + "/services/echo/routes", "POST", {"name": "rebuild", "paths": ["/rebuild"]})
+    assert status == 201
+    try:
+        poll(lambda: http_status(lab.host("x1")["kong_proxy_url"] + "/rebuild") == 200, 30, "x1's router rebuilt")
+        assert served_by_regex_route(lab), "a 2.8.5 node lost the regex route that up rewrote to ~..."
+    finally:
+        assert http_request(x_admin + "/routes/rebuild", "DELETE")[0] == 204
 
 
 def test_up_of_the_next_version_refuses_while_the_previous_upgrade_is_pending(lab):
@@ -162,7 +194,7 @@ def test_up_3_4_to_3_9(lab):
     assert check["planned"] == ["migrations up"]
     assert_plan_was_the_outcome(check, real)
     after = real["state_after"]
-    # kong-facts 3.4: 3.4 -> 3.9 processes 9, executes 4 and leaves 5 pending.
+    # Real Kong (as kong-facts 3.4 says): 3.4 -> 3.9 processes 9, executes 4 and leaves 5 pending.
     assert after["pending"] == {"acme": ["003_350_to_360"], "ai-proxy": ["001_360_to_370"],
                                 "opentelemetry": ["001_331_to_332"], "rate-limiting": ["006_350_to_360"],
                                 "response-ratelimiting": ["001_350_to_360"]}
@@ -178,11 +210,20 @@ def test_finished_3_4_to_3_9(lab):
 
 
 def test_a_lock_released_by_the_other_node_is_waited_for(lab):
-    """kong_empty was bootstrapped by 3.4.3: 3.9.1's up waits for the other node, then runs."""
+    """kong_empty was bootstrapped by 3.4.2: 3.9.1's up waits for the other node, then runs.
+
+    The lock is released once the module has read it twice (PostgreSQL's scan counters of the locks
+    table): once for its result, once right before it would run `up`, after which it has decided to
+    wait (it re-reads every 2 s). So it has waited, whatever the machine's speed."""
     hold_lock(lab, database="kong_empty")
-    # Released 6 s from now: the module, started at once, is waiting by then (ansible-playbook starts in ~2 s).
-    run_in_background(lambda: release_lock(lab, database="kong_empty"), 6.0)
-    real = run_module("kong_migrations", args(lab, Z, "up", lock_wait_timeout=60, **on_database("kong_empty", lab)))
+    reads = lock_reads(lab, "kong_empty")
+    running = in_background(lambda: run_module("kong_migrations", args(
+        lab, Z, "up", lock_wait_timeout=120, **on_database("kong_empty", lab))))
+    poll(lambda: lock_reads(lab, "kong_empty") >= reads + 2 or running.done(), 120,
+         "kong_migrations to find the lock held", interval=0.1)
+    assert not running.done(), f"kong_migrations did not wait for the lock: {running.result()}"
+    release_lock(lab, database="kong_empty")
+    real = running.result(timeout=180)
     assert not real.failed, real.get("msg")
     assert real.changed and real["waited_for_lock_seconds"] >= 1
     assert subcommands(real["commands"]) == ["migrations up"]
@@ -192,7 +233,7 @@ def test_a_lock_released_by_the_other_node_is_waited_for(lab):
 
 
 def test_finished_straight_from_2_8_runs_up_then_the_predicted_finish(lab):
-    """The in-place path: one state=finished from 2.8.4 to 3.4.3; check mode marks the finish conditional."""
+    """The in-place path: one state=finished from 2.8.5 to 3.4.2; check mode marks the finish conditional."""
     lab.create_database("kong_inplace")
     boot = run_module("kong_migrations", args(lab, X, "bootstrapped", **on_database("kong_inplace", lab)))
     assert not boot.failed and boot.changed
