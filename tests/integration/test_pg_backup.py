@@ -1,4 +1,6 @@
-"""pg_backup on the lab: a verified dump of a 10,000-entity Kong database, its restore, and refusals."""
+"""pg_backup on the lab: a verified dump of a 10,000-entity Kong database that real Kong 3.9.1
+bootstrapped and imported (`kong migrations bootstrap`, `kong config db_import`), its restore, which a
+real Kong node then serves from, and refusals."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from ansible_runner import four_ways, run_module, run_sequence
-from itlab import lab_session
+from itlab import http_request, lab_session
 
 SEED = 10000
 SEED_SIZE = 10200  # `lab up --seed-size` is approximate; this gives more than SEED entities
@@ -21,7 +23,7 @@ ENTITY_TABLES = ("services", "routes", "consumers", "plugins", "keyauth_credenti
 
 @pytest.fixture(scope="module")
 def lab():
-    with lab_session("--x-version", "3.9.1", "--y-version", "3.10.0", "--x-nodes", "1", "--y-nodes", "1",
+    with lab_session("--x-version", "3.9.1", "--y-version", "3.9.1", "--x-nodes", "1", "--y-nodes", "1",
                      "--seed-size", str(SEED_SIZE)) as lab:
         yield lab
 
@@ -91,6 +93,19 @@ def test_restored_into_a_new_database_has_the_same_rows(lab, backup_dir):
     assert counts(lab, ENTITY_TABLES, database=target) == counts(lab, ENTITY_TABLES)
     assert LABEL in real["marker"] and meta["sha256"] in real["marker"]
     assert results[2]["marker"] == results[3]["marker"] == real["marker"]
+    # Real Kong serves from the restored database: a node started on it lists every service and proxies.
+    lab.start_node("y1", extra={"pg_database": target})
+    y1 = lab.host("y1")
+    status, services = http_request(y1["kong_admin_url"] + "/services?size=1000&tags=lab-seed")
+    assert status == 200
+    names = {service["name"] for service in services["data"]}
+    while services.get("next"):
+        services = http_request(y1["kong_admin_url"] + services["next"])[1]
+        names |= {service["name"] for service in services["data"]}
+    assert len(names) == counts(lab, ("services",))["services"]
+    status, body = http_request(y1["kong_proxy_url"] + "/svc3/restored")
+    assert status == 200 and body["path"] == "/restored", (status, body)
+    lab.stop_node("y1")
 
 
 def test_restore_refuses_a_database_that_holds_something_else(lab, backup_dir):
