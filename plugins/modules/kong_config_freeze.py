@@ -27,7 +27,8 @@ description:
     at the freeze and compared at V(verified) to prove nothing changed, and, with O(compare_database), that two
     databases (X's and Y's) hold the same configuration.
   - For DB-less nodes (O(admin_url) without a database) it fingerprints the node's configuration (its
-    C(configuration_hash)); nothing can be enforced there.
+    C(configuration_hash)); nothing can be enforced there. A hybrid data plane serves no Admin API; with
+    O(status_url), the C(configuration_hash) of its status listener is the fingerprint.
 author:
   - kongops.upgrade maintainers (@kongops)
 extends_documentation_fragment:
@@ -79,6 +80,12 @@ options:
   admin_url:
     description:
       - Admin API of a DB-less node, with O(mode=dbless).
+    type: str
+  status_url:
+    description:
+      - Status listener of a DB-less node or a hybrid data plane, with O(mode=dbless). It is read when O(admin_url) is
+        not given or refuses connections (a data plane has no Admin API), and the fingerprint is then the
+        C(configuration_hash) alone.
     type: str
   admin_token:
     description:
@@ -280,21 +287,35 @@ def run_database(module, pg):
 
 def run_dbless(module):
     params = module.params
-    if not params["admin_url"]:
-        module.fail_json(msg="mode=dbless needs admin_url (the Admin API of the DB-less node)")
-    http = KongHttp(params["admin_url"], params.get("admin_token"))
-    status = http.get_json("/status")
-    config = http.get_json("/config")
-    text = (config or {}).get("config") or ""
-    finger = {"hash": status.get("configuration_hash") or hashlib.md5(text.encode()).hexdigest(),
-              "keys_hash": hashlib.sha256(text.encode()).hexdigest(), "counts": {}}
+    if not params["admin_url"] and not params["status_url"]:
+        module.fail_json(msg="mode=dbless needs admin_url (the Admin API of the DB-less node) or status_url (its "
+                             "status listener; a hybrid data plane has no Admin API)")
+    finger = None
+    if params["admin_url"]:
+        http = KongHttp(params["admin_url"], params.get("admin_token"))
+        try:
+            status = http.get_json("/status")
+        except AdminApiError as exc:
+            if exc.status is not None or not params["status_url"]:
+                raise
+        else:
+            config = http.get_json("/config")
+            text = (config or {}).get("config") or ""
+            finger = {"hash": status.get("configuration_hash") or hashlib.md5(text.encode()).hexdigest(),
+                      "keys_hash": hashlib.sha256(text.encode()).hexdigest(), "counts": {}}
+    where = params["admin_url"] if finger is not None else params["status_url"]
+    if finger is None:
+        served = KongHttp(params["status_url"]).get_json("/status").get("configuration_hash")
+        if not served:
+            raise AdminApiError("%s/status has no configuration_hash" % params["status_url"])
+        finger = {"hash": served, "keys_hash": served, "counts": {}}
     result = {"changed": False, "enforced": False, "frozen": False, "fingerprint": finger}
     if params["state"] == "verified" and params["expected_fingerprint"]:
         ok = params["expected_fingerprint"] in (finger["hash"], finger["keys_hash"])
         result["unchanged"] = {"unchanged": ok, "compared": "configuration hash"}
         if not ok:
             module.fail_json(msg="the DB-less configuration of %s changed: hash %s, expected %s"
-                             % (params["admin_url"], finger["hash"], params["expected_fingerprint"]), **result)
+                             % (where, finger["hash"], params["expected_fingerprint"]), **result)
     return result
 
 
@@ -310,6 +331,7 @@ def main():
         mode=dict(type="str", choices=["database", "dbless"], default="database"),
         admin_url=dict(type="str"),
         admin_token=dict(type="str", no_log=True),
+        status_url=dict(type="str"),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     if module.params["mode"] == "dbless":
