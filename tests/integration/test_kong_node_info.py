@@ -1,5 +1,7 @@
-"""kong_node_info on the lab: traditional X nodes, a DB-less node, a hybrid control plane and its data
-planes, and a clear failure when the node is not the expected version."""
+"""kong_node_info on real Kong: traditional X nodes (3.9.0, with a 3.9.1 binary for the mismatch), a DB-less
+node, a hybrid 3.9.1 control plane and its 3.9.0 data planes, and a clear failure when the node is not the
+expected version. Real data planes serve no Admin API: they are read through their status listener and
+their prefix."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import pytest
 from ansible_runner import run_module, run_sequence
 from itlab import http_request, lab_session, poll
 
-X, Y = "3.9.1", "3.10.0"
+X, Y = "3.9.0", "3.9.1"
 
 
 def info_args(host, **extra):
@@ -99,10 +101,14 @@ def hybrid():
 
 def test_a_control_plane_lists_its_data_planes_in_sync(hybrid):
     cp = hybrid.hosts("kong_cp")["cp1"]
-    dps = dict(zip(("x1", "x2"), check_and_real(*[info_args(hybrid.host(n), expected_version=X) for n in ("x1", "x2")])))
+    # A data plane has no Admin API on real Kong: its status listener and its prefix only.
+    dps = dict(zip(("x1", "x2"), check_and_real(*[
+        {"status_url": hybrid.host(n)["kong_status_url"], "prefix": hybrid.host(n)["kong_prefix"], "expected_version": X}
+        for n in ("x1", "x2")])))
     for node in dps.values():
         assert (node["mode"], node["role"], node["database"]) == ("hybrid", "data_plane", "off")
         assert node["configuration_hash"] and node["ready"] is True
+        assert node["source"] == "status_api" and node["version"] == X
 
     def synced():
         node = check_and_real(info_args(cp, expected_version=Y))
