@@ -155,3 +155,16 @@ def y_overload_fault(rate: str = "1r/s", burst: int = 20) -> dict[str, str]:
         "nginx_proxy_limit_req": f"zone=kongops_fault burst={burst} nodelay",
         "nginx_proxy_limit_req_status": "503",
     }
+
+
+def echoed_headers(base_url: str, path: str, headers: dict[str, str] | None = None,
+                   via: bool = False) -> dict[str, str]:
+    """GET ``path`` and return the request headers the lab's echo upstream saw (so what Kong's route
+    and its plugins sent upstream, e.g. request-transformer's ``x-lab-route``); with ``via``, also
+    Kong's ``Via`` response header as ``via``."""
+    request = urllib.request.Request(base_url + path, headers=headers or {})
+    with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 (loopback lab URL)
+        seen = dict(json.loads(response.read())["headers"])
+        if via:
+            seen["via"] = response.headers.get("Via", "")
+    return seen
