@@ -191,6 +191,16 @@ class Lab:
         res = self.kong(host["kong_executable"], "stop", "-p", host["kong_prefix"])
         assert res.returncode == 0, f"kong stop {name} failed: {res.stderr}"
 
+    def stop_started_nodes(self) -> None:
+        """`kong stop` every node the tests or the modules started that still runs (Y nodes, which the lab
+        never starts, and those of start_node), all at once, before `lab down`, which finds a real node it
+        did not start by its pid file but not its executable, and then waits 15 s before it signals it."""
+        names = dict.fromkeys([*self.started, *self.hosts("kong_y")])
+        running = [name for name in names if (Path(self.host(name)["kong_prefix"]) / "pids" / "nginx.pid").exists()]
+        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(running))) as pool:
+            list(pool.map(lambda name: self.kong(self.host(name)["kong_executable"], "stop", "-p",
+                                                 self.host(name)["kong_prefix"]), running))
+
     def set_faults(self, name: str, faults: dict[str, Any] | None) -> None:
         """Emulator-only fault injection (kongemu.faults): ``None`` removes the file. Real Kong ignores
         it: use a real means there (a plugin, Kong's injected nginx directives)."""
@@ -341,6 +351,8 @@ class _LabManager:
         _args, lab, stack = self.current
         self.current = None
         try:
+            with contextlib.suppress(Exception):
+                lab.stop_started_nodes()
             stack.close()
         finally:
             leftovers = lab_processes(lab.run_dir)
