@@ -653,7 +653,7 @@ class Lab:
         # Kong nodes: every prefix under run/nodes (the lab's and any the collection
         # started); a second pass catches a node whose pid file appeared meanwhile
         for _pass in range(2):
-            node_refs = self._running_nodes(procs)
+            node_refs = self._running_nodes(state)
             if not node_refs:
                 break
             with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, len(node_refs))) as pool:
@@ -684,9 +684,14 @@ class Lab:
         say(f"removed {self.run_dir}")
         return notes
 
-    def _running_nodes(self, procs: dict[str, dict[str, Any]]) -> list[tuple[str, ProcRef, Path | None, Path]]:
+    def _running_nodes(self, state: LabState) -> list[tuple[str, ProcRef, Path | None, Path]]:
         """Running Kong nodes: (name, process, kong executable, prefix); data planes and
-        traditional nodes before control planes."""
+        traditional nodes before control planes. A node the lab did not start (a Y node the
+        collection started) is found by its prefix's pid file, checked against the process's
+        command line (real nginx names its prefix there, the emulator names kong), and stopped
+        with its own version's ``kong`` from the lab state."""
+        procs = state.processes
+        planned = state.data.get("nodes", {})
         found: list[tuple[str, ProcRef, Path | None, Path]] = []
         seen: set[int] = set()
         nodes_dir = self.paths.nodes
@@ -694,11 +699,12 @@ class Lab:
         prefixes.sort(key=lambda d: d.name.startswith("cp"))
         for prefix in prefixes:
             info = procs.get(f"node:{prefix.name}")
-            ref = self._ref(info, prefix / "pids" / "nginx.pid", "kong")
+            ref = self._ref(info, prefix / "pids" / "nginx.pid", "kong", str(prefix))
             if ref is None:
                 continue
             seen.add(ref.pid)
-            exe = Path(info["executable"]) if info and info.get("executable") else self._any_kong()
+            known = (info or {}).get("executable") or planned.get(prefix.name, {}).get("executable")
+            exe = Path(known) if known else self._any_kong(state)
             found.append((prefix.name, ref, exe, prefix))
         for name, info in procs.items():
             if info.get("kind") == "kong":
@@ -707,19 +713,24 @@ class Lab:
                     found.append((name, ref, None, Path(info.get("prefix", "."))))
         return found
 
-    def _ref(self, info: dict[str, Any] | None, pidfile: Path, match: str) -> ProcRef | None:
-        """The process to stop: the recorded one if alive, else a pidfile's (checked by cmdline)."""
+    def _ref(self, info: dict[str, Any] | None, pidfile: Path, *match: str) -> ProcRef | None:
+        """The process to stop: the recorded one if alive, else a pidfile's, whose command line
+        must contain one of ``match``."""
         if info:
             ref = ProcRef.from_json(info)
             if ref.alive():
                 return ref
         pid = read_pidfile(pidfile)
-        if pid and is_alive(pid) and (not match or match in _cmdline(pid)):
+        if pid and is_alive(pid) and any(m in _cmdline(pid) for m in match):
             return ProcRef.of(pid)
         return None
 
-    def _any_kong(self) -> Path | None:
-        for exe in sorted(self.paths.versions.glob("*/bin/kong")):
+    def _any_kong(self, state: LabState) -> Path | None:
+        """Some ``kong`` of this lab (to stop a node of unknown version): the real Kongs it used,
+        else the emulator's launchers under run/versions."""
+        roots = [Path(i["root"]) for i in state.data.get("kong", {}).get("versions", {}).values()
+                 if i.get("source") != "emulated"]
+        for exe in [r / "bin" / "kong" for r in roots] + sorted(self.paths.versions.glob("*/bin/kong")):
             if os.access(exe, os.X_OK):
                 return exe
         return None
