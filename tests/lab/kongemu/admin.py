@@ -30,7 +30,7 @@ from urllib.parse import parse_qsl, quote
 
 from . import declarative, schema
 from .cli import runtime_versions
-from .entities import ADMIN_NAMES, PLUGIN_PRIORITIES, SPECS, StoreError, coerce_form
+from .entities import ADMIN_NAMES, SPECS, StoreError, coerce_form, plugin_priority, plugin_version
 
 LOG = logging.getLogger("kongemu.admin")
 
@@ -289,7 +289,9 @@ class AdminApp:
             "node_id": self.ctx.node_id,
             "timers": {"running": 0, "pending": 6},
             "plugins": {
-                "available_on_server": {name: {"version": info.version, "priority": PLUGIN_PRIORITIES.get(name, 1000)}
+                # 2.8 lists `true` per plugin (real 2.8.5); 3.x its version and priority
+                "available_on_server": {name: True if info.major < 3 else
+                                        {"version": plugin_version(name, info), "priority": plugin_priority(name, info)}
                                         for name in enabled},
                 "enabled_in_cluster": self.backend.enabled_in_cluster() if self.backend is not None else [],
             },
@@ -405,10 +407,15 @@ class AdminApp:
 
     # -- entities ---------------------------------------------------------------------
 
-    def _page_body(self, page: schema.Page, base: str, tags: str | None) -> dict[str, Any]:
+    def _page_body(self, page: schema.Page, base: str, tags: str | None, size: str | None = None,
+                   nested: bool = False) -> dict[str, Any]:
+        """api/endpoints.lua: `next` carries the request's tags and size on top-level
+        collections, nothing but the offset on nested ones (real 3.4.2)."""
         out: dict[str, Any] = {"data": page.data, "next": None}
         if page.offset:
-            suffix = f"&tags={quote(tags, safe='')}" if tags else ""
+            suffix = ""
+            if not nested:
+                suffix = (f"&tags={quote(tags, safe='')}" if tags else "") + (f"&size={size}" if size else "")
             out["next"] = f"{base}?offset={quote(page.offset, safe='')}{suffix}"
             out["offset"] = page.offset
         return out
@@ -424,7 +431,9 @@ class AdminApp:
         if method == "GET":
             tags = _first(query, "tags")
             page = self.backend.page(entity, _first(query, "size"), _first(query, "offset"), tags, None, parent)
-            return _json_body(200, self._page_body(page, base, tags))
+            if parent is not None and page.offset:  # the foreign key of the next link is the parent's id
+                base = f"/{SPECS[parent[0]].admin_name}/{self.backend.get(parent[0], parent[1])['id']}/{child_segment}"
+            return _json_body(200, self._page_body(page, base, tags, _first(query, "size"), parent is not None))
         if method == "POST":
             params = self._params(spec, headers, body)
             created = self.backend.insert(entity, params, parent)
@@ -467,20 +476,35 @@ class AdminApp:
         """Post the invalidation event other nodes poll, and tell the local node."""
         post = getattr(self.backend, "post_invalidation", None)
         if post is not None:
+            # core entities go to the core cache's channel (its own from 3.7), the rest to
+            # `invalidations` (versions.core_cache_channel)
+            channel = (self.ctx.version_info.core_cache_channel if cache_kind(entity) != "consumers"
+                       else "invalidations")
             try:
-                post(self.ctx.node_id, f"{entity}:{entity_id}")
+                post(self.ctx.node_id, f"{entity}:{entity_id}", channel)
             except Exception as exc:  # pylint: disable=broad-except
                 self._log_error(f"could not post the invalidation event for {entity}:{entity_id}: {exc!r}")
-        self._notify()
+        self._notify(entity)
 
-    def _notify(self) -> None:
+    def _notify(self, entity: str | None = None) -> None:
         notify = getattr(self.ctx, "notify_change", None)
         if callable(notify):
-            notify()
+            notify(entity)
 
 
 # ---------------------------------------------------------------------------
 # Helpers
+
+
+def cache_kind(entity: str | None) -> str:
+    """What a node rebuilds when ``entity`` changes: the router (services, routes,
+    upstreams, targets), the plugins iterator (plugins), or neither (consumers and
+    credentials are read per request through the other cache)."""
+    if entity == "plugins":
+        return "plugins"
+    if entity in ("services", "routes", "upstreams", "targets"):
+        return "router"
+    return "consumers"
 
 
 def configuration_view(conf: Any, enabled_plugins: list[str]) -> dict[str, Any]:

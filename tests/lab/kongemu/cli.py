@@ -31,6 +31,9 @@ UNIVERSAL_OPTIONS = """ --v              verbose
 
 PROCESS_COMMANDS = ("start", "stop", "quit", "restart", "reload", "health", "prepare", "drain")
 
+# 3.x bin/kong: commands that do not get the `inject_confs` stage (which prepares the prefix).
+SKIP_INJECT_COMMANDS = ("version", "roar", "check", "stop", "quit", "health", "hybrid")
+
 # Runtime versions shown by `kong version -a`, per release line (approximate, OpenResty of that release).
 _RUNTIME = [
     ((3, 6, 0), ("10026", "1025003", "LuaJIT 2.1.0-20231117")),
@@ -394,6 +397,17 @@ def _dispatch(info: VersionInfo, argv: list[str], log: Log) -> int:
         args["command"] = sub
         for index, value in enumerate(positional, start=1):
             args[index] = value
+    deferred: str | None = None
+    if info.major >= 3 and name not in SKIP_INJECT_COMMANDS:
+        try:
+            deferred = _inject_confs(info, args)
+        except KongError as exc:
+            _report_error(exc, name, args, log)
+            return 1
+        if deferred is not None and _isatty(log.stdout):
+            log.stdout.write(deferred + "\n")
+            log.stdout.flush()
+            deferred = None
     if args.get("v"):
         log.set_level("verbose")
     elif args.get("vv"):
@@ -408,6 +422,30 @@ def _dispatch(info: VersionInfo, argv: list[str], log: Log) -> int:
     except KongError as exc:
         _report_error(exc, name, args, log)
         return 1
+    finally:
+        if deferred is not None:
+            log.stdout.write(deferred + "\n")
+            log.stdout.flush()
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def _inject_confs(info: VersionInfo, args: dict[Any, Any]) -> str | None:
+    """The `inject_confs` stage of 3.x `bin/kong` (real 3.4.2, 3.9.1): before the command
+    runs, it loads the configuration and prepares the prefix (directories only). Its
+    `prefix directory ... not found, trying to create it` goes to that outer process's
+    stdout, which is flushed when it exits: last on a pipe, first on a terminal. The
+    message is returned for the caller to print at that point."""
+    conf = confmod.load(info, args.get("conf"), prefix=args.get("prefix"))
+    errors = confmod.validate(conf, info)
+    if errors:
+        raise KongError("\n".join(errors))
+    return confmod.create_prefix(conf.prefix, info)
 
 
 def _report_error(exc: KongError, name: str, args: dict[Any, Any], log: Log) -> None:
@@ -461,15 +499,14 @@ def load_conf(info: VersionInfo, args: dict[Any, Any], use_kong_env: bool = Fals
     return conf
 
 
-def _check_prefix(conf: confmod.KongConf) -> None:
-    """`-p /dev/null` -> `/dev/null is not a directory` (kong-facts 2.2).
-
-    Only the check: a missing prefix is left for `kong start`/`prepare` to create
-    (kong-facts does not say that `migrations` creates it).
-    """
-    prefix = conf.prefix
-    if os.path.exists(prefix) and not os.path.isdir(prefix):
-        raise KongError(f"{prefix} is not a directory")
+def _prepare_prefix(info: VersionInfo, conf: confmod.KongConf, log: Log) -> None:
+    """`prefix_handler.prepare_prefix(conf, nil, true)` of `kong migrations` (skip_write:
+    directories and log files only): `-p /dev/null` -> `/dev/null is not a directory`; a
+    missing prefix is created with `prefix directory <p> not found, trying to create it`
+    (real 2.8.5; on 3.x the inject_confs stage has created it already)."""
+    message = confmod.create_prefix(conf.prefix, info)
+    if message is not None:
+        log(message)
 
 
 def cmd_version(info: VersionInfo, args: dict[Any, Any], log: Log) -> int:
@@ -500,10 +537,10 @@ def cmd_check(info: VersionInfo, args: dict[Any, Any], log: Log) -> int:
 def cmd_migrations(info: VersionInfo, args: dict[Any, Any], log: Log) -> int:
     if args.get("db_timeout") is None and info.db_timeout_default is not None:
         args["db_timeout"] = info.db_timeout_default
-    if args.get("quiet"):
-        log.disable()
+    # `-q` is accepted but silences nothing: Kong's configuration loader turns the log back
+    # on (log.enable() at its end) right after `migrations` disabled it (real 2.8.5 to 3.9.1).
     conf = load_conf(info, args)
-    _check_prefix(conf)
+    _prepare_prefix(info, conf, log)
     return migrations.execute(info, conf, args, log)
 
 

@@ -317,3 +317,28 @@ def validate(conf: KongConf, version: VersionInfo) -> list[str]:
         except ValueError:
             errors.append(f"{key} is not a number")
     return errors
+
+
+def create_prefix(prefix: str, version: VersionInfo) -> str | None:
+    """The directories `prefix_handler.prepare_prefix` makes without writing the nginx
+    configuration (`skip_write`): the prefix, `pids/`, `logs/` with its three log files,
+    `sockets/` from 3.8. Returns Kong's `prefix directory <p> not found, trying to create
+    it` when the prefix was created, else None. (Real Kong also writes `ssl/` default
+    certificates and, in 3.x, `.ca_combined`: the emulator serves no TLS.)"""
+    message = None
+    if not os.path.exists(prefix):
+        message = f"prefix directory {prefix} not found, trying to create it"
+        try:
+            os.makedirs(prefix)
+        except OSError as exc:
+            raise KongError(f"could not create prefix directory {prefix}: {exc.strerror}") from exc
+    if not os.path.isdir(prefix):
+        raise KongError(f"{prefix} is not a directory")
+    for sub in ["pids", "logs"] + (["sockets"] if version.has_sockets_dir else []):
+        os.makedirs(os.path.join(prefix, sub), exist_ok=True)
+    for rel in ("logs/error.log", "logs/access.log", "logs/admin_access.log"):
+        path = os.path.join(prefix, rel)
+        if not os.path.exists(path):
+            with open(path, "a", encoding="utf-8"):
+                pass
+    return message

@@ -232,7 +232,7 @@ class _Loader:
         if parent is not None and parent_field is not None:
             body[parent_field] = {"id": parent[1]}
         data, errors = validate(spec, body, enabled_plugins=self.enabled_plugins,
-                                route_path_regex=self.info.major >= 3)
+                                route_path_regex=self.info.major >= 3, release=self.info)
         if "id" not in item or item.get("id") is None:
             data["id"] = _deterministic_id(entity, data, parent[1] if parent else None, index)
             if raw_refs:
@@ -452,19 +452,29 @@ class MemoryStore:
         data = copy.deepcopy(rows[:limit])
         return Page(data, encode_offset(data[-1]["id"]) if len(rows) > limit else None)
 
+    @staticmethod
+    def _unsupported(operation: str, entity: str, key: str | None = None) -> OperationUnsupported:
+        """The off strategy's errors (db/strategies/off): by primary key, or `by '<field>'`
+        when the Admin API addressed the entity by its endpoint key (a name)."""
+        spec = SPECS.get(entity)
+        if key is not None and not is_uuid(key) and spec is not None and spec.endpoint_key:
+            return OperationUnsupported(f"cannot {operation} '{entity}' entities by '{spec.endpoint_key}' "
+                                        "when not using a database")
+        return OperationUnsupported(f"cannot {operation} '{entity}' entities when not using a database")
+
     def insert(self, entity: str, body: dict[str, Any], parent: tuple[str, str] | None = None) -> dict[str, Any]:
-        raise OperationUnsupported(f"cannot create '{entity}' entities when not using a database")
+        raise self._unsupported("create", entity)
 
     def update(self, entity: str, key: str, body: dict[str, Any], parent: tuple[str, str] | None = None
                ) -> dict[str, Any]:
-        raise OperationUnsupported(f"cannot create or update '{entity}' entities when not using a database")
+        raise self._unsupported("update", entity, key)
 
     def upsert(self, entity: str, key: str, body: dict[str, Any], parent: tuple[str, str] | None = None
                ) -> dict[str, Any]:
-        raise OperationUnsupported(f"cannot create or update '{entity}' entities when not using a database")
+        raise self._unsupported("create or update", entity, key)
 
     def delete(self, entity: str, key: str, parent: tuple[str, str] | None = None) -> str | None:
-        raise OperationUnsupported(f"cannot delete '{entity}' entities when not using a database")
+        raise self._unsupported("remove", entity, key)
 
     def export(self) -> dict[str, list[dict[str, Any]]]:
         return {name: [to_export(SPECS[name], r) for r in rows] for name, rows in self.entities.items() if rows}

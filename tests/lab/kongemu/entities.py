@@ -310,7 +310,8 @@ def _common(updated: bool = True) -> tuple[Field, ...]:
 
 
 _TAGS = Field("tags", "set", elements_check=_check_tag)
-_HTTP_PROTOCOLS = ("grpc", "grpcs", "http", "https", "tcp", "tls", "tls_passthrough", "udp", "ws", "wss")
+# OSS: no ws/wss (Enterprise only; real 2.8.5 to 3.9.1)
+_HTTP_PROTOCOLS = ("grpc", "grpcs", "http", "https", "tcp", "tls", "tls_passthrough", "udp")
 
 HEALTHCHECKS_DEFAULT: dict[str, Any] = {
     "active": {
@@ -487,7 +488,25 @@ PLUGIN_PRIORITIES: dict[str, int] = {
     "azure-functions": 749, "proxy-cache": 100, "prometheus": 13, "http-log": 12, "statsd": 11,
     "datadog": 10, "file-log": 9, "udp-log": 8, "tcp-log": 7, "loggly": 6, "syslog": 4,
     "grpc-web": 3, "request-termination": 2, "acme": 1705, "session": 1900, "post-function": -1000,
+    "ai-prompt-decorator": 772, "ai-prompt-guard": 771, "ai-prompt-template": 773, "ai-request-transformer": 777,
+    "ai-response-transformer": 768, "standard-webhooks": 760, "redirect": 779,
 }
+
+
+def plugin_priority(name: str, info: Any) -> int:
+    """A bundled plugin's PRIORITY in release ``info`` (real 3.4.2 and 3.9.x: correlation-id
+    was 1 until Kong/kong#13581, which we date to 3.9.0)."""
+    if name == "correlation-id" and not info.at_least(3, 9):
+        return 1
+    return PLUGIN_PRIORITIES.get(name, 1000)
+
+
+def plugin_version(name: str, info: Any) -> str:
+    """A bundled plugin's VERSION: Kong's own, except opentelemetry's 0.1.0 (real 3.4.2; it
+    reports Kong's version in 3.9; the change is dated to 3.6.0 by us, unverified)."""
+    if name == "opentelemetry" and not info.at_least(3, 6):
+        return "0.1.0"
+    return str(info.version)
 
 PLUGIN_CONFIG_DEFAULTS: dict[str, dict[str, Any]] = {
     "key-auth": {"key_names": ["apikey"], "hide_credentials": False, "anonymous": None,
@@ -638,7 +657,8 @@ def apply_defaults(spec: EntitySpec, data: dict[str, Any]) -> None:
 
 
 def validate(spec: EntitySpec, body: dict[str, Any], *, enabled_plugins: Iterable[str] | None = None,
-             route_path_regex: bool = True, fill_defaults: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
+             route_path_regex: bool = True, fill_defaults: bool = True,
+             release: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Validate and normalise ``body``; return (entity, errors). errors is {} when valid.
 
     The entity keeps foreign references as {"id": ...}; auto fields (id, created_at,
@@ -686,14 +706,14 @@ def validate(spec: EntitySpec, body: dict[str, Any], *, enabled_plugins: Iterabl
     for fld in spec.fields:
         if fld.required and data.get(fld.name) is None and fld.name not in errors:
             errors[fld.name] = "required field missing"
-    entity_errors = _entity_checks(spec, data, enabled_plugins, route_path_regex, errors)
+    entity_errors = _entity_checks(spec, data, enabled_plugins, route_path_regex, errors, release)
     if entity_errors:
         errors.setdefault("@entity", []).extend(entity_errors)
     return data, errors
 
 
 def _entity_checks(spec: EntitySpec, data: dict[str, Any], enabled_plugins: Iterable[str] | None,
-                   route_path_regex: bool, errors: dict[str, Any]) -> list[str]:
+                   route_path_regex: bool, errors: dict[str, Any], release: Any = None) -> list[str]:
     out: list[str] = []
     if spec.name == "routes":
         out.extend(_route_checks(data, route_path_regex, errors))
@@ -702,6 +722,8 @@ def _entity_checks(spec: EntitySpec, data: dict[str, Any], enabled_plugins: Iter
             out.append("at least one of these fields must be non-empty: 'custom_id', 'username'")
     elif spec.name == "plugins":
         _plugin_checks(data, enabled_plugins, errors)
+        if release is not None and "config" not in errors:
+            out.extend(_plugin_config_checks(data, release, errors))
     elif spec.name == "targets":
         _target_checks(data, errors)
     elif spec.name == "keyauth_credentials":
@@ -760,6 +782,29 @@ def _plugin_checks(data: dict[str, Any], enabled_plugins: Iterable[str] | None, 
         if not isinstance(key_names, list) or not key_names:
             errors["config"] = {"key_names": "expected an array" if not isinstance(key_names, list)
                                 else "length must be at least 1"}
+
+
+def reads_legacy_redis_fields(release: Any) -> bool:
+    """rate-limiting and response-ratelimiting read `redis_host` etc. before 3.6 and
+    `redis.host` from 3.6 (006_350_to_360 / 001_350_to_360, destructive in 3.6.x)."""
+    return not release.at_least(3, 6)
+
+
+def _plugin_config_checks(data: dict[str, Any], release: Any, errors: dict[str, Any]) -> list[str]:
+    """The parts of bundled plugins' config schemas that a migration's rewrite can break
+    (real Kong: a 2.8.5 node after 3.4.2's finish, a 3.4.2 node after 3.9.1's)."""
+    name, config = data.get("name"), data.get("config")
+    if not isinstance(config, dict):
+        return []
+    if name == "http-log" and release.major < 3 and isinstance(config.get("headers"), dict):
+        # 2.x: a map of header name -> array of values (3.0 made the values strings)
+        if not all(isinstance(v, list) for v in config["headers"].values()):
+            errors["config"] = {"headers": "expected an array"}
+    if name in ("rate-limiting", "response-ratelimiting") and config.get("policy") == "redis" \
+            and reads_legacy_redis_fields(release) and config.get("redis_host") is None:
+        errors["config"] = {"redis_host": "required field missing"}
+        return ["failed conditional validation given value of field 'config.policy'"]
+    return []
 
 
 def _target_checks(data: dict[str, Any], errors: dict[str, Any]) -> None:

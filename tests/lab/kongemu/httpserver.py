@@ -492,15 +492,17 @@ class HTTPServer:
         try:
             try:
                 head = self._read_head(conn)
+                # nginx: `reading` while it reads the request header; the body is `writing`
+                self.stats.add(reading=-1, writing=1, total_requests=1)
+                reading = False
                 request, keep_alive = self._parse(lst, conn, head, peer, local)
             except _BadRequest as exc:
-                self.stats.add(reading=-1, writing=1)
-                reading = False
+                if reading:
+                    self.stats.add(reading=-1, writing=1)
+                    reading = False
                 self._send(conn, Response(exc.status, [("Content-Type", "text/plain")],
                                           f"{exc}\n".encode(), close=True), "GET", False)
                 return False
-            self.stats.add(reading=-1, writing=1, total_requests=1)
-            reading = False
             try:
                 response = lst.handler(request)
             except Exception as exc:  # pylint: disable=broad-except

@@ -260,22 +260,27 @@ COMMIT;""")
         self.query(sql, params)
 
     def run_up(self, subsystem: str, migration: Migration) -> None:
-        """One migration's `up`, wrapped in BEGIN ... COMMIT."""
-        statements = schema.up_statements(subsystem, migration)
+        """One migration's `up` (SQL, then its `up_f` steps), wrapped in BEGIN ... COMMIT."""
+        self._run_steps(schema.migration_steps(subsystem, migration, "up"))
+
+    def run_teardown(self, subsystem: str, migration: Migration) -> None:
+        self._run_steps(schema.migration_steps(subsystem, migration, "teardown"))
+
+    def _run_steps(self, steps: list[Any]) -> None:
+        if not steps:
+            return
         with self.connection().cursor() as cur:
             cur.execute("BEGIN")
             try:
-                for stmt in statements:
-                    cur.execute(stmt)
+                for step in steps:
+                    if isinstance(step, str):
+                        cur.execute(step)
+                    else:
+                        step(cur)
                 cur.execute("COMMIT")
             except psycopg2.Error:
                 cur.execute("ROLLBACK")
                 raise
-
-    def run_teardown(self, subsystem: str, migration: Migration) -> None:
-        with self.connection().cursor() as cur:
-            for stmt in schema.teardown_statements(subsystem, migration):
-                cur.execute(stmt)
 
     # locks ---------------------------------------------------------------------
 
@@ -517,6 +522,9 @@ def cmd_bootstrap(state: SchemaState, db: MigrationsDB, ttl: float) -> None:
 def cmd_up(state: SchemaState, db: MigrationsDB, ttl: float, force: bool = False) -> bool:
     if state.needs_bootstrap:
         raise KongError("Cannot run migrations: " + NEEDS_BOOTSTRAP_MSG)
+    if not force and state.pending_migrations:
+        # checked before the mutex too: fails at once even while another node holds the lock
+        raise KongError(PENDING_ERROR_MSG)
 
     def callback() -> None:
         current = db.schema_state()
@@ -648,8 +656,6 @@ def _confirm(prompt: str, stdin: Any, stdout: Any) -> bool | None:
 def execute(info: VersionInfo, conf: KongConf, args: dict[str, Any], log: Log) -> int:
     """Run `kong migrations <command>`; returns the exit code (errors raise KongError)."""
     command = args["command"]
-    if args.get("quiet"):
-        log.disable()
     db_timeout = args.get("db_timeout")
     timeout_ms = float(db_timeout) * 1000 if db_timeout is not None else None
     lock_timeout = float(args.get("lock_timeout") or DEFAULT_LOCK_TIMEOUT)

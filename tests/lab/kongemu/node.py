@@ -100,6 +100,31 @@ def node_id_for(prefix: str) -> str:
     return value
 
 
+def keeps_node_id(conf: confmod.KongConf, version_info: versions.VersionInfo) -> bool:
+    """Only 3.x data planes persist their node id (`kong.id`, pdk/private/node.lua); every
+    other node draws a new one at each start (real 2.8.5, 3.4.2, 3.9.1)."""
+    return version_info.major >= 3 and conf.role == "data_plane"
+
+
+# nginx's limit for a unix socket path (sun_path, 108 bytes with the NUL)
+UNIX_PATH_MAX = 107
+
+
+def _check_socket_paths(prefix: str, version_info: versions.VersionInfo) -> None:
+    """3.0-3.7 listen on `<prefix>/worker_events.sock`: a long prefix fails `kong start`
+    like nginx's configuration test does (real 3.4.2). 3.8 moved the sockets to the
+    shorter `<prefix>/sockets/`; 2.x has none."""
+    if version_info.major < 3 or version_info.has_sockets_dir:
+        return
+    sock = os.path.join(prefix, "worker_events.sock")
+    if len(sock.encode()) > UNIX_PATH_MAX:
+        raise KongError(
+            "nginx configuration is invalid (exit code 1):\n"
+            f"nginx: [emerg] too long path in the unix domain socket in \"unix:{sock}\" of the \"listen\" "
+            f"directive in {os.path.join(prefix, 'nginx-kong.conf')}:356\n"
+            f"nginx: configuration file {os.path.join(prefix, 'nginx.conf')} test failed\n")
+
+
 def _ts() -> str:
     return time.strftime("%Y/%m/%d %H:%M:%S")
 
@@ -155,24 +180,11 @@ def prepare_prefix(conf: confmod.KongConf, version_info: versions.VersionInfo,
                    log: CliLog) -> None:
     """Write the prefix like prefix_handler.prepare_prefix (kong-facts 8)."""
     prefix = conf.prefix
-    if not os.path.exists(prefix):
-        log.info(f"prefix directory {prefix} not found, trying to create it")
-        try:
-            os.makedirs(prefix)
-        except OSError as exc:
-            raise KongError(f"could not create prefix directory {prefix}: {exc.strerror}") from exc
-    if not os.path.isdir(prefix):
-        raise KongError(f"{prefix} is not a directory")
-    dirs = ["pids", "logs"]
-    if version_info.has_sockets_dir:
-        dirs.append("sockets")
-    for sub in dirs:
-        os.makedirs(os.path.join(prefix, sub), exist_ok=True)
-    for rel in ("logs/error.log", "logs/access.log", "logs/admin_access.log"):
-        path = os.path.join(prefix, rel)
-        if not os.path.exists(path):
-            Path(path).touch()
-    node_id_for(prefix)
+    message = confmod.create_prefix(prefix, version_info)  # 3.x: cli's inject_confs stage did it
+    if message is not None:
+        log.info(message)
+    if keeps_node_id(conf, version_info):
+        node_id_for(prefix)
     confmod.write_kong_env(conf)
     _write_nginx_conf(conf, version_info)
 
@@ -216,6 +228,7 @@ def cmd_start(version_info: versions.VersionInfo, args: dict[str, Any], log: Cli
     if is_running(prefix):
         raise KongError(f"Kong is already running in {prefix}")
     prepare_prefix(conf, version_info, log)
+    _check_socket_paths(prefix, version_info)  # nginx -t of `kong start`
     try:
         if conf.database != "off":
             _check_migrations(conf, version_info, args, log)
@@ -617,7 +630,7 @@ class Node:
                             self.conf.get("log_level", "notice"))
         self.proxy_access = AccessLog(_log_path(prefix, self.conf.get("proxy_access_log")))
         self.admin_access = AccessLog(_log_path(prefix, self.conf.get("admin_access_log")))
-        self.node_id = node_id_for(prefix)
+        self.node_id = node_id_for(prefix) if keeps_node_id(self.conf, version_info) else str(uuid.uuid4())
         self.hostname = socket.gethostname()
         self.pid = os.getpid()
         self.started_at = time.time()
@@ -633,6 +646,9 @@ class Node:
         self.backend: Any = None
         self._reload_lock = threading.Lock()
         self._change = threading.Event()
+        self._kinds_lock = threading.Lock()
+        self._pending_kinds: set[str] = set()
+        self.config: Any = None
         self._threads: list[threading.Thread] = []
         from . import status  # pylint: disable=import-outside-toplevel
 
@@ -676,6 +692,7 @@ class Node:
 
         router = proxy.Router(config, self.version_info)
         self.router = router
+        self.config = config
         if config_hash is not None:
             self.config_hash = config_hash
         self.config_error = None
@@ -775,9 +792,46 @@ class Node:
                 raise StartupError(
                     f"nginx: [error] init_by_lua error: error parsing declarative config "
                     f"file {path}:\n{_err_text(exc)}") from exc
+            self.persist_dbless(text)
         else:
-            store = dbless_empty(declarative, self.version_info)
+            saved = self._saved_dbless()
+            store = None
+            if saved is not None:
+                try:
+                    store = dbless_load(declarative, saved, self.version_info)
+                except Exception as exc:  # pylint: disable=broad-except
+                    self.log.error(f"[declarative] could not load the saved configuration: {_err_text(exc)}")
+            if store is None:
+                store = dbless_empty(declarative, self.version_info)
         self.install_store(store)
+        if path and self.version_info.major < 3:
+            # 2.x reports the empty hash for a declarative_config loaded at start (real 2.8.5)
+            self.config_hash = "0" * 32
+
+    # 3.x keeps the last DB-less configuration in LMDB (<prefix>/dbless.lmdb), so a node
+    # started without declarative_config comes back with what /config last loaded (real
+    # 3.4.2 and 3.9.1); declarative_config, when set, replaces it. 2.x keeps nothing.
+    def _dbless_file(self) -> str:
+        return os.path.join(self.prefix, "dbless.lmdb", "emulator-config")
+
+    def persist_dbless(self, text: str) -> None:
+        if self.version_info.major < 3 or self.role == "data_plane":
+            return
+        path = self._dbless_file()
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        tmp = path + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+
+    def _saved_dbless(self) -> str | None:
+        if self.version_info.major < 3:
+            return None
+        try:
+            return Path(self._dbless_file()).read_text(encoding="utf-8")
+        except OSError:
+            return None
 
     def install_store(self, store: Any) -> None:
         """DB-less/DP: swap the in-memory store and rebuild the router."""
@@ -960,8 +1014,13 @@ class Node:
         self.server.start()
 
     # ------------------------------------------------------------------ DB cache
-    def notify_change(self) -> None:
-        """A local Admin write happened: refresh now (other nodes use cluster_events)."""
+    def notify_change(self, entity: str | None = None) -> None:
+        """A local Admin write of ``entity`` happened (None: everything): refresh now what
+        it affects (other nodes learn it through cluster_events)."""
+        from .admin import cache_kind  # pylint: disable=import-outside-toplevel
+
+        with self._kinds_lock:
+            self._pending_kinds.add("all" if entity is None else cache_kind(entity))
         self._change.set()
 
     def _refresh_loop(self) -> None:
@@ -970,27 +1029,52 @@ class Node:
             self._change.wait(period)
             if self.stop_event.is_set():
                 return
-            full = self._change.is_set()
             self._change.clear()
+            with self._kinds_lock:
+                kinds, self._pending_kinds = self._pending_kinds, set()
             try:
-                self.refresh(full=full)
+                self.refresh(kinds=kinds)
             except Exception as exc:  # pylint: disable=broad-except
                 self.log.error(f"[cache] refresh failed: {exc!r}")
 
-    def refresh(self, full: bool = False) -> None:
-        """Poll invalidations and probe the database (db_update_frequency)."""
+    def _event_kinds(self, events: list[Any]) -> set[str]:
+        """What the polled cluster events make this node rebuild. Router and plugins
+        events count only on this release's core cache channel (3.7 gave it its own, so
+        3.4 and 3.9 nodes on one database do not see each other's route and plugin writes);
+        consumers and credentials come through `invalidations` in every release."""
+        from .admin import cache_kind  # pylint: disable=import-outside-toplevel
+
+        kinds = set()
+        for event in events:
+            kind = cache_kind(str(event.get("data") or "").split(":", 1)[0])
+            if kind == "consumers" or event.get("channel") == self.version_info.core_cache_channel:
+                kinds.add(kind)
+        return kinds
+
+    def refresh(self, full: bool = False, kinds: set[str] | None = None) -> None:
+        """Poll invalidations and probe the database (db_update_frequency). Rebuilds like
+        Kong: the router on router events, the plugins iterator on plugin events (so an
+        older node keeps its cached plugins until a plugin write or a restart)."""
         from . import schema  # pylint: disable=import-outside-toplevel
 
         backend = self.backend
         if not isinstance(backend, PgBackend):
             return
+        kinds = set(kinds or ())
+        if full or self.config_error is not None or not self.db_ok:
+            kinds.add("all")
         try:
-            rebuild = full or self.config_error is not None or not self.db_ok
             events, cursor = backend.poll(self._since)
-            if events:
-                rebuild = True
-            if rebuild:
+            kinds |= self._event_kinds(events)
+            if kinds:
                 config = backend.call("load_config")
+                current = self.config
+                if "all" not in kinds and current is not None:
+                    if "router" not in kinds:
+                        for name in ("services", "routes", "upstreams", "targets"):
+                            setattr(config, name, getattr(current, name))
+                    if "plugins" not in kinds:
+                        config.plugins = current.plugins
                 self.set_config(config)
                 if self.hybrid is not None:
                     self.hybrid.config_changed()
@@ -1100,7 +1184,8 @@ class PgBackend:
         """
         if since is None:
             return [], self.invalidation_cursor()
-        rows = self.call("poll_invalidations", float(since) - self.OVERLAP)
+        rows = self.call("poll_invalidations", float(since) - self.OVERLAP,
+                         sorted({"invalidations", self._node.version_info.core_cache_channel}))
         fresh = []
         cursor = float(since)
         for row in rows:
@@ -1230,8 +1315,8 @@ class NodeContext:
 
         return status.status_body(self._node, query or {})
 
-    def notify_change(self) -> None:
-        self._node.notify_change()
+    def notify_change(self, entity: str | None = None) -> None:
+        self._node.notify_change(entity)
 
     def load_declarative(self, config: Any, check_hash: bool = False) -> tuple[bool, Any]:
         """DB-less POST /config: validate, swap atomically, persist in the prefix."""
@@ -1251,6 +1336,7 @@ def load_declarative_into(node: Node, config: Any, check_hash: bool) -> tuple[bo
     if check_hash and new_hash is not None and new_hash == node.config_hash:
         return False, node.backend
     node.install_store(store)
+    node.persist_dbless(json.dumps(config) if isinstance(config, dict) else config)
     return True, store
 
 

@@ -4,7 +4,7 @@ Kong's postgres connector prefixes its errors with `[PostgreSQL error] ` (the
 connector's `infos().strategy`). A failed connection while the CLI initialises the
 connector reads `[PostgreSQL error] failed to retrieve PostgreSQL server_version_num:
 <reason>`, where `<reason>` is the socket/driver error (`connection refused`,
-`timeout`, `FATAL: password authentication failed for user "kong"`).
+`timeout`, `authentication exchange unsuccessful` for a wrong password, as pgmoon says it).
 
 The password is handed to psycopg2 as a parameter, never on a command line, and is
 never part of an error message.
@@ -50,6 +50,10 @@ def describe(exc: BaseException) -> str:
         return "host not found"
     if "no route to host" in lowered:
         return "no route to host"
+    if "password authentication failed" in lowered:
+        # pgmoon's SCRAM exchange reads the server's error as a bad server signature
+        # (real 3.4.2 and 3.9.1 against a scram-sha-256 server)
+        return "authentication exchange unsuccessful"
     match = re.search(r"(FATAL|ERROR):\s+(.*)", text)
     if match:
         return f"{match.group(1)}: {match.group(2).splitlines()[0].strip()}"

@@ -6,12 +6,16 @@ key-auth credentials, upstreams, targets) and swapped atomically by the node.
 Matching (a faithful subset of Kong's router):
 * hosts: exact (port optional) and wildcard (`*.example.com`, `example.*`);
 * paths: prefix (longest wins) and regex (3.x: paths starting with `~`; 2.x: paths
-  with regex characters), regex paths first by `regex_priority`;
+  with regex characters, and from 2.8.2 also `~` paths), regex paths first by
+  `regex_priority`;
 * methods and `headers` (exact, case-insensitive values);
 * a route with more matching attributes wins (host+path over path only).
 
 Plugins: only `key-auth` is enforced (route > service > global scope). Other plugins
-are accepted in the configuration and ignored.
+are accepted in the configuration and ignored, except a rate-limiting or
+response-ratelimiting plugin with `policy = redis` and no redis host for this release
+(what an older release reads after a newer `finish` removed `redis_*`): it fails every
+request it runs on with 500, as it does on real Kong.
 """
 
 from __future__ import annotations
@@ -154,6 +158,23 @@ def _interleave(ring: list[Target]) -> list[Target]:
     return out
 
 
+def _plugin_failure(plugin: dict[str, Any], version_info: VersionInfo) -> str | None:
+    """A plugin whose configuration makes it raise on every request (real 3.4.2 after 3.9.1's
+    finish: rate-limiting with policy redis and no `redis_host` -> `bad argument #1 host:
+    string expected, got nil`, 500 from Kong)."""
+    cfg = plugin.get("config") or {}
+    if cfg.get("policy") != "redis":
+        return None
+    if version_info.at_least(3, 6):
+        host = (cfg.get("redis") or {}).get("host") if isinstance(cfg.get("redis"), dict) else None
+    else:
+        host = cfg.get("redis_host")
+    if host is None:
+        return (f"[{plugin.get('name')}] .../kong/plugins/{plugin.get('name')}/policies/init.lua:94: "
+                "bad argument #1 host: string expected, got nil")
+    return None
+
+
 def _split_host_port(value: str) -> tuple[str, int | None]:
     value = value.strip().lower()
     if value.startswith("["):
@@ -219,7 +240,13 @@ class Router:
         self.keyauth_service: dict[str, KeyAuth] = {}
         self.keyauth_route: dict[str, KeyAuth] = {}
         self.keyauth_route_service: dict[tuple[str, str], KeyAuth] = {}
+        self.failing: dict[tuple[str | None, str | None], str] = {}
         for plugin in plugins:
+            if plugin.get("name") in ("rate-limiting", "response-ratelimiting") \
+                    and _bool(plugin.get("enabled"), True) and not ref(plugin.get("consumer")):
+                failure = _plugin_failure(plugin, self.version_info)
+                if failure is not None:
+                    self.failing[(ref(plugin.get("route")), ref(plugin.get("service")))] = failure
             if plugin.get("name") != "key-auth" or not _bool(plugin.get("enabled"), True):
                 continue
             if ref(plugin.get("consumer")):
@@ -261,6 +288,10 @@ class Router:
 
     def _build_routes(self, routes: list[dict[str, Any]]) -> None:
         v3 = self.version_info.major >= 3
+        # 2.8.2+ also routes 3.0's `~` regex paths (Kong/kong#9376, for blue-green to 3.x:
+        # core 016_280_to_300 rewrites regex paths in `up`); 2.8.0/2.8.1 read `~...` as a
+        # regex that starts with a literal `~`, so those routes stop matching.
+        tilde_2x = self.version_info.at_least(2, 8, 2)
         # host key (exact host, "*wild", or "") -> routes
         self.exact: dict[str, list[Route]] = {}
         wildcards: dict[str, list[Route]] = {}
@@ -293,7 +324,7 @@ class Router:
             if not set(route.protocols) & {"http", "https", "grpc", "grpcs"}:
                 continue
             for path in paths:
-                if v3 and path.startswith("~"):
+                if path.startswith("~") and (v3 or tilde_2x):
                     route.regexes.append((re.compile(path[1:]), path))
                 elif not v3 and _REGEX_CHARS_2X.search(path):
                     route.regexes.append((re.compile(path), path))
@@ -333,6 +364,16 @@ class Router:
             if found is not None:
                 route, matched = found
                 return Match(route, self.services.get(route.service_id or ""), matched)
+        return None
+
+    def failing_plugin(self, route: Route, service: Service | None) -> str | None:
+        """The error of a plugin that fails every request it runs on (most specific scope)."""
+        if not self.failing:
+            return None
+        service_id = service.id if service is not None else None
+        for key in ((route.id, service_id), (route.id, None), (None, service_id), (None, None)):
+            if key in self.failing:
+                return self.failing[key]
         return None
 
     def keyauth_for(self, route: Route, service: Service | None) -> KeyAuth | None:
@@ -487,6 +528,14 @@ class ProxyApp:
                 node.metrics.observe(svc_name, route_name, denied.status, "kong", 0.0, 0.0)
                 node.proxy_access.write(request, denied)
                 return denied
+        failure = router.failing_plugin(route, service)
+        if failure is not None:
+            node.log.error(f"[kong] init.lua:363 {failure}, client: {request.client_addr[0]}, "
+                           f"server: kong, request: \"{request.method} {request.target} HTTP/1.1\"")
+            response = self.kong_response(500, "An unexpected error occurred", start, request_id=rid)
+            node.metrics.observe(svc_name, route_name, 500, "kong", 0.0, 0.0)
+            node.proxy_access.write(request, response)
+            return response
         faults = getattr(node, "faults", None)
         fault = faults.next_fault() if faults is not None else None
         if fault is not None:

@@ -10,37 +10,28 @@ clustering_data_planes, ratelimiting_metrics, response_ratelimiting_metrics,
 sessions, oauth2_tokens, acme_storage, parameters (with `cluster_id`). Every entity
 row carries `ws_id`; timestamps are TIMESTAMPTZ and the API shows epoch seconds.
 
-Expand and contract (kong-facts 4.1)
-------------------------------------
-Every migration M with a teardown in some release (``versions.teardown_catalog()``)
-owns a pair of TEXT columns on a table that every read touches:
+Expand and contract (kong-facts 4.1, corrected against real Kong)
+-----------------------------------------------------------------
+Migrations change *data*, as Kong's do, not the shape every read depends on: after a
+newer `finish` an older release keeps reading and writing (real 2.8.5 after 3.4.2's
+finish, real 3.4.2 after 3.9.1's), and only the objects a migration rewrote break, when
+the older release reads them again. The emulated data steps (``migration_steps``) are
+those of Kong's migration modules:
 
-* core migrations: on ``routes``; plugin migrations: on ``plugins``;
-* legacy column ``pre_<sub>_<name>``, new column ``<sub>_<name>`` (non-alphanumerics
-  become ``_``), e.g. ``routes.pre_core_016_280_to_300`` / ``routes.core_016_280_to_300``
-  and ``plugins.pre_http_log_001_280_to_300`` / ``plugins.http_log_001_280_to_300``.
+* core `016_280_to_300` up: regex route paths become `~<path>` (migrate_path_280_300);
+* http-log `001_280_to_300` teardown: header value arrays become `", "`-joined strings;
+* pre-/post-function `001_280_to_300` up copies `functions` to `access`, teardown drops
+  `functions`;
+* rate-limiting `006_350_to_360` and response-ratelimiting `001_350_to_360` up add
+  `redis` from the `redis_*` fields, teardown removes the `redis_*` fields; acme
+  `003_350_to_360` the same for `storage_config.redis`; in 3.6.x (no teardown yet) the
+  up does both at once;
+* opentelemetry `001_331_to_332` teardown: `queue.max_batch_size` 1 becomes 200;
+  ai-proxy `001_360_to_370` teardown: anthropic completions stop logging statistics.
 
-A release that does not know M reads and writes the legacy column; a release that
-knows M reads and writes the new one, and also writes the legacy one while it still
-exists (so old nodes keep reading consistent rows during blue-green). The value is
-the version string of the release that wrote the row.
-
-* `000_base` creates the tables with the *legacy* column of every catalogued M;
-* M's `up` adds the new column and copies the legacy values (non-destructive);
-* M's `teardown` (at `finish`) drops the legacy column.
-
-Bootstrap runs every known migration's up and teardown, so a database bootstrapped by
-release V has the new column for every M that V knows and the legacy one for the rest.
-When a release ships M *without* a teardown although a later release gives it one
-(the three 3.6 plugin migrations, kong-facts 3.4/4.1: "their 3.6 `up` was
-destructive"), that release's `up` adds, copies and drops the legacy column at once.
-
-Every EntityStore read starts with the version's probe (`SELECT <its compat columns>
-FROM routes LIMIT 0; ... FROM plugins LIMIT 0`) in the same round trip, so after a
-newer `finish` *every* entity read of an older release fails with
-``IncompatibleSchema``, which the Admin API answers with 500 and the proxy with
-errors, while the older release's migration state check still passes (kong-facts 4.4).
-Migrations without a teardown only record themselves.
+Every other migration only records itself (the emulator's tables are the same for every
+release). How older releases then trip over rewritten objects is in entities.py
+(validation) and proxy.py (plugins).
 """
 
 from __future__ import annotations
@@ -54,14 +45,13 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import psycopg2
 import psycopg2.errors
 import psycopg2.extensions
 import psycopg2.extras
 
-from . import versions
 from .entities import (  # noqa: F401  (re-exported: schema.SchemaViolation etc., ARCHITECTURE.md)
     ALL_SPECS,
     CONFIG_ENTITIES,
@@ -97,55 +87,10 @@ DEFAULT_PAGE_SIZE = 100
 CLUSTER_EVENTS_TTL = 3600  # seconds an invalidation event is kept
 
 # ---------------------------------------------------------------------------
-# Expand/contract columns
-
-
-@dataclass(frozen=True)
-class CompatPair:
-    """The legacy/new column pair owned by a migration with a teardown."""
-
-    subsystem: str
-    name: str
-    table: str
-    legacy: str
-    new: str
-
-
-def _slug(subsystem: str, name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", f"{subsystem}_{name}".lower())
-
-
-def compat_pairs() -> list[CompatPair]:
-    pairs = []
-    for subsystem, name in versions.teardown_catalog():
-        table = "routes" if subsystem == "core" else "plugins"
-        slug = _slug(subsystem, name)
-        pairs.append(CompatPair(subsystem, name, table, f"pre_{slug}", slug))
-    return pairs
-
-
-_PAIRS = compat_pairs()
-_PAIRS_BY_KEY = {(p.subsystem, p.name): p for p in _PAIRS}
-
-
-def compat_read_columns(info: VersionInfo, table: str) -> list[str]:
-    """The compat columns release ``info`` reads on ``table``."""
-    return [p.new if info.knows(p.subsystem, p.name) else p.legacy for p in _PAIRS if p.table == table]
-
-
-def compat_pair(subsystem: str, name: str) -> CompatPair | None:
-    return _PAIRS_BY_KEY.get((subsystem, name))
-
-
-# ---------------------------------------------------------------------------
 # DDL of core 000_base
 
-def _legacy_columns(table: str) -> str:
-    return "".join(f",\n  {p.legacy} TEXT" for p in _PAIRS if p.table == table)
-
-
 def base_ddl() -> list[str]:
-    """The statements of `core 000_base` up: every table, legacy compat columns."""
+    """The statements of `core 000_base` up: every table."""
     return [
         """CREATE TABLE IF NOT EXISTS workspaces (
   id UUID PRIMARY KEY, name TEXT NOT NULL, comment TEXT,
@@ -154,15 +99,15 @@ def base_ddl() -> list[str]:
   meta JSONB, config JSONB,
   CONSTRAINT workspaces_name_key UNIQUE (name))""",
         "INSERT INTO workspaces (id, name) VALUES (gen_random_uuid(), 'default') ON CONFLICT (name) DO NOTHING",
-        f"""CREATE TABLE IF NOT EXISTS services (
+        """CREATE TABLE IF NOT EXISTS services (
   id UUID PRIMARY KEY, created_at TIMESTAMPTZ, updated_at TIMESTAMPTZ,
   name TEXT, retries BIGINT, protocol TEXT, host TEXT, port BIGINT, path TEXT,
   connect_timeout BIGINT, write_timeout BIGINT, read_timeout BIGINT, tags TEXT[],
   client_certificate JSONB, tls_verify BOOLEAN, tls_verify_depth SMALLINT, ca_certificates TEXT[],
   enabled BOOLEAN DEFAULT TRUE,
   ws_id UUID NOT NULL REFERENCES workspaces (id),
-  CONSTRAINT services_ws_id_name_unique UNIQUE (ws_id, name){_legacy_columns("services")})""",
-        f"""CREATE TABLE IF NOT EXISTS routes (
+  CONSTRAINT services_ws_id_name_unique UNIQUE (ws_id, name))""",
+        """CREATE TABLE IF NOT EXISTS routes (
   id UUID PRIMARY KEY, created_at TIMESTAMPTZ, updated_at TIMESTAMPTZ,
   name TEXT, service_id UUID REFERENCES services (id),
   protocols TEXT[], methods TEXT[], hosts TEXT[], paths TEXT[], headers JSONB, snis TEXT[],
@@ -170,7 +115,7 @@ def base_ddl() -> list[str]:
   https_redirect_status_code INTEGER, regex_priority BIGINT, strip_path BOOLEAN, path_handling TEXT,
   preserve_host BOOLEAN, request_buffering BOOLEAN, response_buffering BOOLEAN, tags TEXT[],
   ws_id UUID NOT NULL REFERENCES workspaces (id),
-  CONSTRAINT routes_ws_id_name_unique UNIQUE (ws_id, name){_legacy_columns("routes")})""",
+  CONSTRAINT routes_ws_id_name_unique UNIQUE (ws_id, name))""",
         "CREATE INDEX IF NOT EXISTS routes_service_id_idx ON routes (service_id)",
         """CREATE TABLE IF NOT EXISTS consumers (
   id UUID PRIMARY KEY, created_at TIMESTAMPTZ, updated_at TIMESTAMPTZ,
@@ -178,7 +123,7 @@ def base_ddl() -> list[str]:
   ws_id UUID NOT NULL REFERENCES workspaces (id),
   CONSTRAINT consumers_ws_id_username_unique UNIQUE (ws_id, username),
   CONSTRAINT consumers_ws_id_custom_id_unique UNIQUE (ws_id, custom_id))""",
-        f"""CREATE TABLE IF NOT EXISTS plugins (
+        """CREATE TABLE IF NOT EXISTS plugins (
   id UUID PRIMARY KEY, created_at TIMESTAMPTZ, updated_at TIMESTAMPTZ,
   name TEXT NOT NULL, instance_name TEXT,
   consumer_id UUID REFERENCES consumers (id) ON DELETE CASCADE,
@@ -187,7 +132,7 @@ def base_ddl() -> list[str]:
   config JSONB NOT NULL, enabled BOOLEAN NOT NULL, protocols TEXT[], tags TEXT[], cache_key TEXT,
   ws_id UUID NOT NULL REFERENCES workspaces (id),
   CONSTRAINT plugins_cache_key_key UNIQUE (cache_key),
-  CONSTRAINT plugins_ws_id_instance_name_unique UNIQUE (ws_id, instance_name){_legacy_columns("plugins")})""",
+  CONSTRAINT plugins_ws_id_instance_name_unique UNIQUE (ws_id, instance_name))""",
         "CREATE INDEX IF NOT EXISTS plugins_name_idx ON plugins (name)",
         """CREATE TABLE IF NOT EXISTS keyauth_credentials (
   id UUID PRIMARY KEY, created_at TIMESTAMPTZ,
@@ -253,37 +198,178 @@ def base_ddl() -> list[str]:
     ]
 
 
-def _column_exists_guard(table: str, column: str, then_sql: str) -> str:
-    return (
-        "DO $$ BEGIN IF EXISTS (SELECT 1 FROM information_schema.columns "
-        f"WHERE table_schema = current_schema() AND table_name = '{table}' AND column_name = '{column}') "
-        f"THEN {then_sql}; END IF; END $$"
-    )
+Step = Callable[[Any], None]  # runs on a psycopg2 cursor inside the migration's transaction
 
 
-def up_statements(subsystem: str, migration: Migration) -> list[str]:
-    """SQL of a migration's `up` as the running release ships it."""
+def _is_not_regex(path: str) -> bool:
+    return re.fullmatch(r"[a-zA-Z0-9.\-_~/%]*", path) is not None
+
+
+_PCT = re.compile(rb"%([0-9A-Fa-f]{2})")
+_RESERVED = set(b"!#$%&'()*+,/:;=?@[]")
+_REGEX_META = {ord("."): rb"\.", ord("^"): rb"\^", ord("-"): rb"\-", ord("{"): rb"\{", ord("}"): rb"\}",
+               ord("\\"): rb"\\", ord("|"): rb"\|"}
+
+
+def migrate_path_280_300(path: str) -> str:
+    """kong/db/migrations/migrate_path_280_300.lua: a 2.x regex path becomes `~<regex>`
+    (percent-encoded characters decoded one last time, byte by byte: reserved ones stay
+    encoded, regex metacharacters are escaped). Prefix paths are kept as they are (Kong
+    also normalizes their percent-encoding)."""
+    if _is_not_regex(path):
+        return path
+
+    def decode(match: re.Match[bytes]) -> bytes:
+        num = int(match.group(1), 16)
+        if num in _RESERVED:
+            return match.group(0).upper()
+        return _REGEX_META.get(num, bytes([num]))
+
+    raw = path.encode()
+    if b"%" in raw:
+        raw = _PCT.sub(decode, raw)
+    return "~" + raw.decode("utf-8", "surrogateescape")
+
+
+def _fixup_plugin_config(name: str, fix: Callable[[dict[str, Any]], bool]) -> Step:
+    """operations.fixup_plugin_config: rewrite the config of every plugin called ``name``."""
+    def step(cur: Any) -> None:
+        cur.execute("SELECT id, config FROM plugins WHERE name = %s", (name,))
+        for plugin_id, config in cur.fetchall():
+            if isinstance(config, dict) and fix(config):
+                cur.execute("UPDATE plugins SET config = %s WHERE id = %s", (json.dumps(config), plugin_id))
+    return step
+
+
+def _migrate_regex_paths(cur: Any) -> None:
+    cur.execute("SELECT id, paths FROM routes WHERE paths IS NOT NULL")
+    for route_id, paths in cur.fetchall():
+        migrated = [migrate_path_280_300(p) for p in paths]
+        if migrated != paths:
+            cur.execute("UPDATE routes SET paths = %s WHERE id = %s", (migrated, route_id))
+
+
+def _functions_to_access(config: dict[str, Any]) -> bool:
+    if config.get("functions"):
+        config["access"] = config["functions"]
+        return True
+    return False
+
+
+def _drop_functions(config: dict[str, Any]) -> bool:
+    if config.get("functions"):
+        del config["functions"]
+        return True
+    return False
+
+
+def _join_http_log_headers(config: dict[str, Any]) -> bool:
+    headers = config.get("headers")
+    if not isinstance(headers, dict):
+        return False
+    updated = False
+    for key, value in list(headers.items()):
+        if isinstance(value, list) or value == {}:  # `{}`: an empty array as cjson stored it
+            if value:
+                headers[key] = ", ".join(str(v) for v in value)
+            else:
+                del headers[key]
+            updated = True
+    if updated and not headers:
+        config["headers"] = None
+    return updated
+
+
+_REDIS_FIELDS = ("host", "port", "password", "username", "ssl", "ssl_verify", "server_name", "timeout", "database")
+
+
+def _redis_up(config: dict[str, Any]) -> bool:
+    current = config.get("redis") if isinstance(config.get("redis"), dict) else {}
+    config["redis"] = {f: config.get(f"redis_{f}", current.get(f)) for f in _REDIS_FIELDS}
+    return True
+
+
+def _redis_teardown(config: dict[str, Any]) -> bool:
+    for f in _REDIS_FIELDS:
+        config.pop(f"redis_{f}", None)
+    return True
+
+
+def _acme_redis(config: dict[str, Any]) -> dict[str, Any] | None:
+    storage = config.get("storage_config")
+    redis = storage.get("redis") if isinstance(storage, dict) else None
+    return redis if isinstance(redis, dict) else None
+
+
+def _acme_up(config: dict[str, Any]) -> bool:
+    redis = _acme_redis(config)
+    if redis is None:
+        return False
+    extra = redis.get("extra_options") if isinstance(redis.get("extra_options"), dict) else {}
+    redis["password"] = redis.get("auth", redis.get("password"))
+    redis["server_name"] = redis.get("ssl_server_name", redis.get("server_name"))
+    redis["extra_options"] = {"scan_count": redis.get("scan_count", extra.get("scan_count")),
+                              "namespace": redis.get("namespace", extra.get("namespace"))}
+    return True
+
+
+def _acme_teardown(config: dict[str, Any]) -> bool:
+    redis = _acme_redis(config)
+    if redis is None:
+        return False
+    for key in ("auth", "ssl_server_name", "scan_count", "namespace"):
+        redis.pop(key, None)
+    return True
+
+
+def _otel_batch_size(config: dict[str, Any]) -> bool:
+    queue = config.get("queue")
+    if isinstance(queue, dict) and queue.get("max_batch_size") == 1:
+        queue["max_batch_size"] = 200
+        return True
+    return False
+
+
+def _ai_proxy_statistics(config: dict[str, Any]) -> bool:
+    logging = config.get("logging") if isinstance(config.get("logging"), dict) else {}
+    model = config.get("model") if isinstance(config.get("model"), dict) else {}
+    if logging.get("log_statistics") and config.get("route_type") == "llm/v1/completions" \
+            and model.get("provider") == "anthropic":
+        logging["log_statistics"] = False
+        return True
+    return False
+
+
+# (subsystem, migration) -> (up steps, teardown steps). Teardown steps of a release that
+# ships the migration without a teardown run in its up (the 3.6.x plugin migrations).
+_DATA_STEPS: dict[tuple[str, str], tuple[list[Step], list[Step]]] = {
+    ("core", "016_280_to_300"): ([_migrate_regex_paths], []),
+    ("http-log", "001_280_to_300"): ([], [_fixup_plugin_config("http-log", _join_http_log_headers)]),
+    ("pre-function", "001_280_to_300"): ([_fixup_plugin_config("pre-function", _functions_to_access)],
+                                         [_fixup_plugin_config("pre-function", _drop_functions)]),
+    ("post-function", "001_280_to_300"): ([_fixup_plugin_config("post-function", _functions_to_access)],
+                                          [_fixup_plugin_config("post-function", _drop_functions)]),
+    ("rate-limiting", "006_350_to_360"): ([_fixup_plugin_config("rate-limiting", _redis_up)],
+                                          [_fixup_plugin_config("rate-limiting", _redis_teardown)]),
+    ("response-ratelimiting", "001_350_to_360"): (
+        [_fixup_plugin_config("response-ratelimiting", _redis_up)],
+        [_fixup_plugin_config("response-ratelimiting", _redis_teardown)]),
+    ("acme", "003_350_to_360"): ([_fixup_plugin_config("acme", _acme_up)],
+                                 [_fixup_plugin_config("acme", _acme_teardown)]),
+    ("opentelemetry", "001_331_to_332"): ([], [_fixup_plugin_config("opentelemetry", _otel_batch_size)]),
+    ("ai-proxy", "001_360_to_370"): ([], [_fixup_plugin_config("ai-proxy", _ai_proxy_statistics)]),
+}
+
+
+def migration_steps(subsystem: str, migration: Migration, phase: str) -> list[str | Step]:
+    """What a migration's ``phase`` ("up" or "teardown") runs, as the running release ships
+    it: SQL strings and steps on a cursor."""
     if (subsystem, migration.name) == ("core", "000_base"):
-        return base_ddl()
-    pair = compat_pair(subsystem, migration.name)
-    if pair is None:
-        return []
-    stmts = [
-        f"ALTER TABLE {pair.table} ADD COLUMN IF NOT EXISTS {pair.new} TEXT",
-        _column_exists_guard(pair.table, pair.legacy, f"UPDATE {pair.table} SET {pair.new} = {pair.legacy}"),
-    ]
-    if not migration.teardown:
-        # This release ships M without a teardown: its up is destructive (3.6.x plugins).
-        stmts.append(f"ALTER TABLE {pair.table} DROP COLUMN IF EXISTS {pair.legacy}")
-    return stmts
-
-
-def teardown_statements(subsystem: str, migration: Migration) -> list[str]:
-    """SQL of a migration's `teardown` (run at `finish`): drop the legacy column."""
-    pair = compat_pair(subsystem, migration.name)
-    if pair is None or not migration.teardown:
-        return []
-    return [f"ALTER TABLE {pair.table} DROP COLUMN IF EXISTS {pair.legacy}"]
+        return list(base_ddl()) if phase == "up" else []
+    up, teardown = _DATA_STEPS.get((subsystem, migration.name), ([], []))
+    if phase == "up":
+        return [*up, *([] if migration.teardown else teardown)]
+    return list(teardown) if migration.teardown else []
 
 
 # ---------------------------------------------------------------------------
@@ -329,12 +415,13 @@ def parse_size(size: Any) -> int:
 
 
 def encode_offset(last_id: str) -> str:
-    return base64.b64encode(json.dumps([last_id]).encode()).decode()
+    """`ngx.encode_base64(cjson.encode({id}), true)`: base64 without padding."""
+    return base64.b64encode(json.dumps([last_id], separators=(",", ":")).encode()).decode().rstrip("=")
 
 
 def decode_offset(offset: str) -> str:
     try:
-        raw = base64.b64decode(offset.encode(), validate=True)
+        raw = base64.b64decode((offset + "=" * (-len(offset) % 4)).encode(), validate=True)
     except (binascii.Error, ValueError):
         raise InvalidOffset(offset, "bad base64 encoding") from None
     try:
@@ -398,11 +485,23 @@ def row_to_entity(spec: EntitySpec, row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def cjson_empty_tables(value: Any) -> Any:
+    """cjson writes an empty Lua table as `{}`: empty arrays in a plugin's config are
+    stored as empty JSON objects (real 2.8.5 and 3.4.2 rows)."""
+    if isinstance(value, dict):
+        return {k: cjson_empty_tables(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [cjson_empty_tables(v) for v in value] if value else {}
+    return value
+
+
 def _write_value(fld: Field, value: Any) -> Any:
     if value is None:
         return None
     if fld.kind == "foreign":
         return value["id"] if isinstance(value, dict) else value
+    if fld.name == "config" and isinstance(value, dict):
+        return psycopg2.extras.Json(cjson_empty_tables(value))
     if fld.kind in ("record", "map") or fld.name in ("sources", "destinations"):
         return psycopg2.extras.Json(value)
     return value
@@ -444,12 +543,7 @@ class EntityStore:
         self.enabled_plugins = list(enabled_plugins) if enabled_plugins is not None else \
             list(version_info.bundled_plugins)
         self._ws_id: str | None = None
-        self._db_columns: dict[str, set[str]] | None = None
         self._lock = threading.Lock()
-        route_cols = compat_read_columns(version_info, "routes") or ["id"]
-        plugin_cols = compat_read_columns(version_info, "plugins") or ["id"]
-        self._probe_sql = (f"SELECT {', '.join(route_cols)} FROM routes LIMIT 0; "
-                           f"SELECT {', '.join(plugin_cols)} FROM plugins LIMIT 0; ")
 
     # -- low level -------------------------------------------------------------
 
@@ -462,7 +556,6 @@ class EntityStore:
             with self.conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
                 yield cur
         except (psycopg2.errors.UndefinedColumn, psycopg2.errors.UndefinedTable) as exc:
-            self._db_columns = None
             raise IncompatibleSchema(prefix_err(describe(exc))) from exc
         except (psycopg2.errors.UniqueViolation, psycopg2.errors.ForeignKeyViolation):
             raise
@@ -473,13 +566,13 @@ class EntityStore:
 
     def _read(self, sql: str, params: Iterable[Any] = ()) -> list[dict[str, Any]]:
         with self._cursor() as cur:
-            cur.execute(self._probe_sql + sql, tuple(params))
+            cur.execute(sql, tuple(params))
             return list(cur.fetchall())
 
     def probe(self) -> None:
-        """LIMIT 0 reads of exactly what this release reads; raises IncompatibleSchema."""
+        """A cheap read (database reachable, tables there); raises like every read."""
         with self._cursor() as cur:
-            cur.execute(self._probe_sql + "SELECT 1 FROM services LIMIT 0")
+            cur.execute("SELECT 1 FROM services LIMIT 0")
 
     def ws_id(self) -> str:
         if self._ws_id is None:
@@ -488,35 +581,6 @@ class EntityStore:
                 raise IncompatibleSchema(prefix_err("default workspace not found"))
             self._ws_id = str(rows[0]["id"])
         return self._ws_id
-
-    def _columns(self, table: str) -> set[str]:
-        if self._db_columns is None:
-            with self._cursor() as cur:
-                cur.execute("SELECT table_name, column_name FROM information_schema.columns "
-                            "WHERE table_schema = current_schema() AND table_name IN ('routes', 'plugins')")
-                found: dict[str, set[str]] = {"routes": set(), "plugins": set()}
-                for row in cur.fetchall():
-                    found[row["table_name"]].add(row["column_name"])
-            self._db_columns = found
-        return self._db_columns.get(table, set())
-
-    def compat_write_columns(self, table: str) -> list[str]:
-        """New columns of the migrations this release knows, plus legacy columns that
-        still exist; legacy columns of the migrations it does not know."""
-        if table not in ("routes", "plugins"):
-            return []
-        present = self._columns(table)
-        cols = []
-        for pair in _PAIRS:
-            if pair.table != table:
-                continue
-            if self.info.knows(pair.subsystem, pair.name):
-                cols.append(pair.new)
-                if pair.legacy in present:
-                    cols.append(pair.legacy)
-            else:
-                cols.append(pair.legacy)
-        return cols
 
     # -- config loading ----------------------------------------------------------
 
@@ -527,7 +591,6 @@ class EntityStore:
         with self._cursor() as cur:
             cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             try:
-                cur.execute(self._probe_sql + "SELECT 1")
                 for name in CONFIG_ENTITIES:
                     spec = SPECS[name]
                     cur.execute(f"SELECT {', '.join(_select_list(spec))} FROM {spec.table} "
@@ -648,10 +711,6 @@ class EntityStore:
         cols.append("ws_id")
         holders.append("%s")
         values.append(self.ws_id())
-        for col in self.compat_write_columns(spec.table):
-            cols.append(col)
-            holders.append("%s")
-            values.append(self.info.version)
         return cols, holders, values
 
     def _map_integrity(self, spec: EntitySpec, data: dict[str, Any], exc: psycopg2.Error) -> StoreError:
@@ -672,23 +731,17 @@ class EntityStore:
         return DatabaseError(prefix_err(describe(exc)))
 
     def _execute_write(self, spec: EntitySpec, data: dict[str, Any], sql_builder: Any) -> None:
-        for attempt in (1, 2):
-            cols, holders, values = self._columns_and_values(spec, data)
-            sql, params = sql_builder(cols, holders, values)
-            try:
-                with self._cursor() as cur:
-                    cur.execute(sql, params)
-                return
-            except IncompatibleSchema:
-                # A legacy column vanished under us (finish by a newer node): recompute once.
-                if attempt == 2:
-                    raise
-            except (psycopg2.errors.UniqueViolation, psycopg2.errors.ForeignKeyViolation) as exc:
-                raise self._map_integrity(spec, data, exc) from exc
+        cols, holders, values = self._columns_and_values(spec, data)
+        sql, params = sql_builder(cols, holders, values)
+        try:
+            with self._cursor() as cur:
+                cur.execute(sql, params)
+        except (psycopg2.errors.UniqueViolation, psycopg2.errors.ForeignKeyViolation) as exc:
+            raise self._map_integrity(spec, data, exc) from exc
 
     def _validate(self, spec: EntitySpec, body: dict[str, Any]) -> dict[str, Any]:
         data, errors = validate(spec, body, enabled_plugins=self.enabled_plugins,
-                                route_path_regex=self.info.major >= 3)
+                                route_path_regex=self.info.major >= 3, release=self.info)
         if errors:
             raise SchemaViolation(errors)
         return data
@@ -826,7 +879,7 @@ class EntityStore:
         with self._cursor() as cur:
             cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             try:
-                cur.execute(self._probe_sql + "SELECT id FROM workspaces WHERE name = %s", (DEFAULT_WORKSPACE,))
+                cur.execute("SELECT id FROM workspaces WHERE name = %s", (DEFAULT_WORKSPACE,))
                 ws = cur.fetchone()
                 ws_id = str(ws["id"]) if ws else None
                 cur.execute("SELECT key, value, EXTRACT(EPOCH FROM created_at)::bigint AS created_at "
@@ -856,13 +909,14 @@ class EntityStore:
                 (str(uuid.uuid4()), node_id, CLUSTER_EVENTS_TTL, channel, data),
             )
 
-    def poll_invalidations(self, since: float, channel: str = "invalidations") -> list[dict[str, Any]]:
-        """Events at or after ``since`` (epoch seconds); `at` is returned as epoch float."""
+    def poll_invalidations(self, since: float, channels: Iterable[str] = ("invalidations",)
+                           ) -> list[dict[str, Any]]:
+        """Events on ``channels`` at or after ``since`` (epoch seconds); `at` as epoch float."""
         with self._cursor() as cur:
             cur.execute(
                 "SELECT id, node_id, EXTRACT(EPOCH FROM at)::float8 AS at, channel, data FROM cluster_events "
-                "WHERE channel = %s AND at >= to_timestamp(%s) AND expire_at > now() ORDER BY at",
-                (channel, since),
+                "WHERE channel = ANY(%s) AND at >= to_timestamp(%s) AND expire_at > now() ORDER BY at",
+                (list(channels), since),
             )
             return [{**r, "id": str(r["id"]), "node_id": str(r["node_id"])} for r in cur.fetchall()]
 

@@ -19,7 +19,9 @@ class Migration:
     teardown: bool = False
 
 
-# (subsystem, name, has_teardown) for the 2.8.0 baseline (kong-facts 3.4).
+# (subsystem, name, has_teardown) for the 2.8.0 baseline (kong-facts 3.4, corrected against
+# real Kong: `postgres.teardown` of each migration module of 2.8.5, 3.4.2 and 3.9.x, and the
+# schema_meta rows their bootstrap, up and finish write; DIFFERENCES.md).
 _BASELINE_28: list[tuple[str, str, bool]] = [
     ("core", "000_base", False),
     ("core", "003_100_to_110", False),
@@ -42,18 +44,18 @@ _BASELINE_28: list[tuple[str, str, bool]] = [
     ("acme", "000_base_acme", False),
     ("basic-auth", "000_base_basic_auth", False),
     ("basic-auth", "002_130_to_140", False),
-    ("basic-auth", "003_200_to_210", False),
+    ("basic-auth", "003_200_to_210", True),
     ("bot-detection", "001_200_to_210", True),
     ("hmac-auth", "000_base_hmac_auth", False),
     ("hmac-auth", "002_130_to_140", False),
-    ("hmac-auth", "003_200_to_210", False),
+    ("hmac-auth", "003_200_to_210", True),
     ("ip-restriction", "001_200_to_210", True),
     ("jwt", "000_base_jwt", False),
     ("jwt", "002_130_to_140", False),
-    ("jwt", "003_200_to_210", False),
+    ("jwt", "003_200_to_210", True),
     ("key-auth", "000_base_key_auth", False),
     ("key-auth", "002_130_to_140", False),
-    ("key-auth", "003_200_to_210", False),
+    ("key-auth", "003_200_to_210", True),
     ("oauth2", "000_base_oauth2", False),
     ("oauth2", "003_130_to_140", False),
     ("oauth2", "004_200_to_210", True),
@@ -72,8 +74,8 @@ _ADDED: list[tuple[tuple[int, int, int], list[tuple[str, str, bool]]]] = [
         ("core", "016_280_to_300", True),
         ("acme", "001_280_to_300", False),
         ("http-log", "001_280_to_300", True),
-        ("post-function", "001_280_to_300", False),
-        ("pre-function", "001_280_to_300", False),
+        ("post-function", "001_280_to_300", True),
+        ("pre-function", "001_280_to_300", True),
     ]),
     ((3, 1, 0), [("core", "017_300_to_310", False)]),
     ((3, 2, 0), [("core", "018_310_to_320", False)]),
@@ -124,11 +126,22 @@ EMULATED_VERSIONS = [
     "2.8.0", "2.8.4", "3.4.0", "3.4.3", "3.6.0", "3.6.1", "3.8.0", "3.9.1", "3.10.0",
 ]
 
-_BUNDLED_WITHOUT_MIGRATIONS_28 = [
-    "aws-lambda", "azure-functions", "correlation-id", "cors", "datadog", "file-log",
-    "grpc-gateway", "grpc-web", "ldap-auth", "loggly", "prometheus", "proxy-cache",
-    "request-size-limiting", "request-termination", "request-transformer",
-    "response-transformer", "statsd", "syslog", "tcp-log", "udp-log", "zipkin",
+# Bundled plugins (`GET /` plugins.available_on_server), read from real 2.8.5, 3.4.2, 3.9.0
+# and 3.9.1 nodes; the release that added each later plugin is from Kong's changelogs.
+_BUNDLED_28 = [
+    "acl", "acme", "aws-lambda", "azure-functions", "basic-auth", "bot-detection", "correlation-id",
+    "cors", "datadog", "file-log", "grpc-gateway", "grpc-web", "hmac-auth", "http-log",
+    "ip-restriction", "jwt", "key-auth", "ldap-auth", "loggly", "oauth2", "post-function",
+    "pre-function", "prometheus", "proxy-cache", "rate-limiting", "request-size-limiting",
+    "request-termination", "request-transformer", "response-ratelimiting", "response-transformer",
+    "session", "statsd", "syslog", "tcp-log", "udp-log", "zipkin",
+]
+_BUNDLED_ADDED: list[tuple[tuple[int, int, int], list[str]]] = [
+    ((3, 0, 0), ["opentelemetry"]),
+    ((3, 6, 0), ["ai-prompt-decorator", "ai-prompt-guard", "ai-prompt-template", "ai-proxy",
+                 "ai-request-transformer", "ai-response-transformer"]),
+    ((3, 8, 0), ["standard-webhooks"]),
+    ((3, 9, 0), ["redirect"]),
 ]
 
 _VERSION_RE = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
@@ -191,6 +204,13 @@ class VersionInfo:
     @property
     def via_includes_protocol(self) -> bool:
         return self.at_least(3, 8)
+
+    @property
+    def core_cache_channel(self) -> str:
+        """The cluster_events channel of the core cache (router, plugins iterator): its own
+        from 3.7 (Kong/kong#12321; real 3.9.1 vs 3.4.2), `invalidations` before. The other
+        cache (consumers, credentials) stays on `invalidations`."""
+        return "invalidations_kong_core_db_cache" if self.at_least(3, 7) else "invalidations"
 
     @property
     def declarative_format(self) -> str:
@@ -261,26 +281,18 @@ def get(version: str) -> VersionInfo:
     ordered = {"core": subsystems.pop("core")}
     for sub in sorted(subsystems):
         ordered[sub] = subsystems[sub]
-    bundled = sorted(set(ordered) - {"core"} | set(_BUNDLED_WITHOUT_MIGRATIONS_28))
+    bundled = set(_BUNDLED_28)
+    for release, names in _BUNDLED_ADDED:
+        if key >= release:
+            bundled.update(names)
+    missing = set(ordered) - {"core"} - bundled
+    if missing:  # every subsystem with migrations is a bundled plugin
+        raise AssertionError(f"catalog error: {sorted(missing)} have migrations but are not bundled")
     return VersionInfo(
         version=f"{major}.{minor}.{patch}",
         major=major,
         minor=minor,
         patch=patch,
         subsystems=ordered,
-        bundled_plugins=bundled,
+        bundled_plugins=sorted(bundled),
     )
-
-
-def teardown_catalog() -> list[tuple[str, str]]:
-    """Every (subsystem, name) that has a teardown in some emulated release.
-
-    The emulator's expand/contract schema (schema.py) gives each of these a legacy
-    column that releases not knowing the migration read, dropped by its teardown.
-    """
-    seen: list[tuple[str, str]] = []
-    newest = get("3.10.0")
-    for sub, mig in newest.all_migrations():
-        if mig.teardown and (sub, mig.name) not in seen:
-            seen.append((sub, mig.name))
-    return seen

@@ -31,6 +31,8 @@ LAB_DIR = Path(__file__).resolve().parent.parent
 if str(LAB_DIR) not in sys.path:
     sys.path.insert(0, str(LAB_DIR))
 
+import nodefixtures  # noqa: E402
+
 from kongemu import conf as confmod  # noqa: E402
 from kongemu import install, versions  # noqa: E402
 
@@ -233,12 +235,21 @@ class KongResult:
 
 
 class KongRunner:
-    """Runs the installed `kong` launcher of a version as a subprocess."""
+    """Runs the `kong` executable of a version as a subprocess: the installed emulator
+    launcher (provider ``emulated``) or real Kong's ``bin/kong`` (provider ``real``; the
+    test is skipped, or fails under CI, when real Kong cannot be had here)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, provider: str = "emulated") -> None:
         self.root = root
+        self.provider = provider
+
+    @property
+    def real(self) -> bool:
+        return self.provider == "real"
 
     def path(self, version: str) -> Path:
+        if self.real:
+            return nodefixtures.real_kong_bin(version)
         return install.install_version(version, self.root)
 
     def __call__(self, version: str, *argv: str, env: dict[str, str] | None = None, stdin: str | None = None,
@@ -256,6 +267,61 @@ class KongRunner:
                                 stderr=subprocess.PIPE, text=True)
 
 
+@pytest.fixture
+def provider() -> str:
+    """``emulated`` unless a test parametrizes ``provider`` (nodefixtures.provider_params)."""
+    return "emulated"
+
+
+@pytest.fixture
+def kong(kong_root: Path, provider: str) -> KongRunner:
+    return KongRunner(kong_root, provider)
+
+
 @pytest.fixture(scope="session")
-def kong(kong_root: Path) -> KongRunner:
-    return KongRunner(kong_root)
+def node_base() -> Iterator[Path]:
+    """A directory real Kong's nginx workers (``nobody``) can enter, for node prefixes."""
+    base = nodefixtures.traversable_dir("kong-conformance-")
+    try:
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def node_tmp(node_base: Path) -> Path:
+    """Like tmp_path, but usable as the parent of a real Kong prefix (mode 0755)."""
+    # short: real Kong 3.0-3.7 listen on <prefix>/worker_events.sock, and a unix socket path
+    # longer than 107 bytes fails nginx's configuration test
+    path = Path(tempfile.mkdtemp(prefix="t", dir=node_base))
+    path.chmod(0o755)
+    return path
+
+
+class _QuietLog:
+    def error(self, msg: str) -> None:
+        del msg
+
+    warn = info = debug = notice = error
+
+
+@pytest.fixture(scope="session")
+def echo_port() -> Iterator[int]:
+    """An upstream for the nodes under test, in the test process: answers 200 with JSON
+    ``{"method", "path"}`` to every request (http-log's POSTs included)."""
+    import json
+
+    from kongemu.httpserver import HTTPServer, Request, Response
+
+    def handle(request: Request) -> Response:
+        return Response(200, [("Content-Type", "application/json")],
+                        json.dumps({"method": request.method, "path": request.target}).encode())
+
+    srv = HTTPServer(_QuietLog())
+    srv.add_listener("echo", "127.0.0.1", 0, handle)
+    port = int(srv._listeners[0].sock.getsockname()[1])  # noqa: SLF001
+    srv.start()
+    try:
+        yield port
+    finally:
+        srv.close_now()

@@ -11,6 +11,7 @@ import contextlib
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -61,6 +62,100 @@ def kong_bin(version: str, root: Path) -> Path:
     return _INSTALLED[key]
 
 
+# ============================================================================ providers
+# The conformance suite runs against two providers of `kong`: the emulator and real Kong
+# (labctl.realkong: an installed Kong or a build from the realkong kit). Real Kong exists
+# for the kit's versions only; the emulator computes any OSS version 2.8.0-3.10.x.
+PROVIDERS = ("emulated", "real")
+REAL_VERSIONS = ("2.8.5", "3.4.2", "3.9.0", "3.9.1")
+_REAL: dict[str, Path | str] = {}
+_VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
+
+
+def missing_real_kong(reason: str) -> None:
+    """Skip the test with the reason; under CI (``CI=true``) fail it: CI must run real Kong.
+
+    The same rule as labfixtures.require_real_kong."""
+    import pytest  # pylint: disable=import-outside-toplevel
+
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"real Kong missing: {reason} (CI=true: real Kong is required)", pytrace=False)
+    pytest.skip(f"real Kong missing: {reason}")
+
+
+def real_kong_bin(version: str) -> Path:
+    """``bin/kong`` of real Kong ``version`` (installed, or already built from the kit: the
+    suite never builds; `make real-kong` / `tests/lab/lab kong build` do). Skips (fails under
+    CI) when it cannot be had here."""
+    if version not in _REAL:
+        from labctl import LabError, realkong  # pylint: disable=import-outside-toplevel
+
+        try:
+            _REAL[version] = realkong.resolve(version, build_missing=False).executable
+        except LabError as exc:
+            _REAL[version] = str(exc)
+    found = _REAL[version]
+    if isinstance(found, str):
+        missing_real_kong(found)
+        raise AssertionError("unreachable")
+    return found
+
+
+def provider_bin(provider: str, version: str, root: Path) -> Path:
+    """The `kong` executable of ``version`` for ``provider`` ("emulated" or "real")."""
+    if provider == "real":
+        return real_kong_bin(version)
+    if provider != "emulated":
+        raise ValueError(f"unknown provider {provider!r}")
+    return kong_bin(version, root)
+
+
+def _versions_of(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value] if _VERSION_RE.match(value) else []
+    if isinstance(value, (tuple, list)):
+        return [v for item in value for v in _versions_of(item)]
+    return [v for name in ("old", "new", "version") if isinstance(getattr(value, name, None), str)
+            for v in _versions_of(getattr(value, name))]
+
+
+def _case_id(value: Any) -> str:
+    if isinstance(value, (tuple, list)):
+        return "-".join(_case_id(v) for v in value)
+    return str(getattr(value, "id", value))
+
+
+def provider_params(cases: list[Any], providers: tuple[str, ...] = PROVIDERS, fixture: bool = False) -> list[Any]:
+    """``pytest.param(provider, *case)`` for every case and every provider that has all of the
+    case's versions: real Kong only for REAL_VERSIONS, the emulator for any. A case is a tuple
+    of arguments (or one argument); versions are its X.Y.Z strings (and ``.old``/``.new``).
+    ``fixture=True`` gives one value per param, the tuple ``(provider, *case)`` (for
+    ``@pytest.fixture(params=...)``)."""
+    import pytest  # pylint: disable=import-outside-toplevel
+
+    out = []
+    for case in cases:
+        args = tuple(case) if isinstance(case, tuple) else (case,)
+        for provider in providers:
+            if provider == "real" and not set(_versions_of(args)) <= set(REAL_VERSIONS):
+                continue
+            values = ((provider, *args),) if fixture else (provider, *args)
+            out.append(pytest.param(*values, id=f"{provider}-{_case_id(args)}"))
+    return out
+
+
+def traversable_dir(prefix: str = "kn-") -> Path:
+    """A new directory that nginx workers running as ``nobody`` can enter (mode 0755 up to /).
+
+    pytest's tmp_path is under a 0700 directory: a real Kong prefix there starts (`kong start`
+    prints `Kong started` and exits 0) while every worker exits at once."""
+    import tempfile  # pylint: disable=import-outside-toplevel
+
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    return path
+
+
 @dataclass
 class Result:
     rc: int
@@ -107,8 +202,15 @@ class NodeSpec:
                  f"cluster_listen = {self.host}:{self.cluster}",
                  "db_update_frequency = 0.5",
                  "log_level = info"]
+        # Sized like the lab's real nodes (one nginx worker, small cache), nothing else bound.
+        # worker_state_update_frequency: real Kong rebuilds its router and plugins iterator
+        # that often after an invalidation (default 5 s); the emulator rebuilds at once
+        lines += ["admin_gui_listen = off", "nginx_worker_processes = 1", "mem_cache_size = 16m",
+                  "anonymous_reports = off", "worker_state_update_frequency = 1"]
         lines += [f"{k} = {v}" for k, v in self.extra.items()]
-        self.conf_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        fd = os.open(self.conf_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # may hold pg_password
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write("\n".join(lines) + "\n")
 
 
 def make_spec(tmp: Path, name: str, version: str, **extra: Any) -> NodeSpec:

@@ -1,138 +1,145 @@
-"""Expand/contract for real (schema.py): which columns each release reads and writes,
-what `up` and `teardown` change, and how an older release breaks after `finish`."""
+"""What migrations do to the data, on both providers: a configuration imported with the older
+release (`kong config db_import`), then the newer `up` and `finish`, read back with SQL
+(`routes.paths`, `plugins.config`: the same columns in real Kong's tables and the
+emulator's). Real Kong overrules kong-facts 4.1 here: core 016_280_to_300 rewrites regex
+paths in `up`; the plugin migrations with a teardown copy in `up` and remove in `finish`."""
 
 from __future__ import annotations
 
-import io
+from pathlib import Path
+from typing import Any
 
 import pytest
-from conftest import KongDb
+from conftest import KongDb, KongRunner
+from nodefixtures import provider_params
 
-from kongemu import migrations, pg, schema, versions
-from kongemu.logutil import Log
+from kongemu import schema
 
+SEED_28 = r"""_format_version: "2.1"
+services:
+- name: echo
+  url: http://127.0.0.1:9
+  routes:
+  - name: plain
+    paths: [/plain]
+    plugins:
+    - name: pre-function
+      config:
+        functions: ["kong.response.set_header('X-Pre', '1')"]
+  - name: regex
+    paths: ['/reg/\d+', '/caf%C3%A9/\d+', /prefix]
+  plugins:
+  - name: http-log
+    config:
+      http_endpoint: http://127.0.0.1:9/log
+      headers:
+        X-Two: [a, b]
+        X-Empty: []
+  - name: rate-limiting
+    config: {minute: 10, policy: redis, redis_host: 127.0.0.1, redis_port: 9}
+"""
 
-def migrate(kong_db: KongDb, version: str, command: str, **args: object) -> str:
-    out = io.StringIO()
-    code = migrations.execute(versions.get(version), kong_db.conf(version),
-                              {"command": command, "lock_timeout": 5, **args}, Log(out, io.StringIO()))
-    assert code in (0, 4, 5), out.getvalue()
-    return out.getvalue()
-
-
-def store(kong_db: KongDb, version: str) -> schema.EntityStore:
-    return schema.EntityStore(pg.connect(kong_db.conf(version)), versions.get(version))
-
-
-def columns(kong_db: KongDb, table: str) -> set[str]:
-    rows = kong_db.query("SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
-                         "AND table_name = %s", (table,))
-    return {r[0] for r in rows}
-
-
-def test_every_teardown_migration_owns_a_column_pair() -> None:
-    pairs = schema.compat_pairs()
-    assert {(p.subsystem, p.name) for p in pairs} == set(versions.teardown_catalog())
-    by_key = {(p.subsystem, p.name): p for p in pairs}
-    core = by_key[("core", "016_280_to_300")]
-    assert (core.table, core.legacy, core.new) == ("routes", "pre_core_016_280_to_300", "core_016_280_to_300")
-    plugin = by_key[("http-log", "001_280_to_300")]
-    assert (plugin.table, plugin.legacy, plugin.new) == ("plugins", "pre_http_log_001_280_to_300",
-                                                         "http_log_001_280_to_300")
-
-
-@pytest.mark.parametrize("version", ["2.8.4", "3.6.0", "3.10.0"])
-def test_bootstrap_creates_the_columns_of_the_release(kong_db: KongDb, version: str) -> None:
-    migrate(kong_db, version, "bootstrap")
-    info = versions.get(version)
-    present = {"routes": columns(kong_db, "routes"), "plugins": columns(kong_db, "plugins")}
-    for pair in schema.compat_pairs():
-        known = info.knows(pair.subsystem, pair.name)
-        assert (pair.new in present[pair.table]) == known, pair
-        assert (pair.legacy in present[pair.table]) == (not known), pair
-    assert set(schema.compat_read_columns(info, "routes")) <= present["routes"]
-    assert set(schema.compat_read_columns(info, "plugins")) <= present["plugins"]
-    workspaces = kong_db.query("SELECT name FROM workspaces")
-    assert workspaces == [("default",)]
-    assert kong_db.query("SELECT key FROM parameters") == [("cluster_id",)]
-    for table in ("cluster_events", "clustering_data_planes", "ratelimiting_metrics", "response_ratelimiting_metrics",
-                  "sessions", "oauth2_tokens", "acme_storage", "keyauth_credentials", "upstreams", "targets"):
-        assert columns(kong_db, table), table
+SEED_34 = r"""_format_version: "3.0"
+services:
+- name: echo
+  url: http://127.0.0.1:9
+  plugins:
+  - name: rate-limiting
+    config: {minute: 10, policy: redis, redis_host: 127.0.0.1, redis_port: 9, redis_database: 2}
+  - name: response-ratelimiting
+    config: {limits: {sms: {minute: 10}}, policy: local}
+  - name: opentelemetry
+    config: {endpoint: http://127.0.0.1:9/v1/traces, queue: {max_batch_size: 1}}
+  routes:
+  - name: regex
+    paths: ['~/reg/\d+']
+"""
 
 
-@pytest.mark.parametrize(("old", "new"), [("2.8.4", "3.4.3"), ("3.4.3", "3.9.1"), ("3.6.0", "3.6.1")])
-def test_old_store_works_after_up_and_fails_after_finish(kong_db: KongDb, old: str, new: str) -> None:
-    migrate(kong_db, old, "bootstrap")
-    old_store = store(kong_db, old)
-    svc = old_store.insert("services", {"name": "s1", "host": "example.test"})
-    old_store.insert("routes", {"name": "r1", "hosts": ["a.test"], "service": {"id": svc["id"]}})
-    old_store.insert("plugins", {"name": "key-auth", "route": {"id": old_store.get("routes", "r1")["id"]}})
-    migrate(kong_db, new, "up")
-    expanded = [p for p in schema.compat_pairs()
-                if versions.get(new).knows(p.subsystem, p.name) and not versions.get(old).knows(p.subsystem, p.name)]
-    assert expanded, "the pair must have a migration with a teardown"
-    for pair in expanded:
-        cols = columns(kong_db, pair.table)
-        assert {pair.legacy, pair.new} <= cols
-        copied = kong_db.query(f"SELECT count(*) FROM {pair.table} WHERE {pair.new} = {pair.legacy}")[0][0]
-        assert copied == 1, pair
-    # Old release: reads and writes still work, writing only the legacy column.
-    assert len(old_store.load_config().plugins) == 1
-    old_store.insert("consumers", {"username": "written-by-old"})
-    old_store.insert("routes", {"name": "r2", "paths": ["/two"]})
-    new_store = store(kong_db, new)
-    new_store.insert("routes", {"name": "r3", "paths": ["/three"]})
-    for pair in (p for p in expanded if p.table == "routes"):
-        rows = dict(kong_db.query(f"SELECT name, {pair.new} FROM routes WHERE name IN ('r2', 'r3')"))
-        assert rows == {"r2": None, "r3": new}
-        legacy = dict(kong_db.query(f"SELECT name, {pair.legacy} FROM routes WHERE name IN ('r2', 'r3')"))
-        assert legacy == {"r2": old, "r3": new}, "a newer release writes both columns while the legacy exists"
-    migrate(kong_db, new, "finish")
-    for pair in expanded:
-        assert pair.legacy not in columns(kong_db, pair.table)
-    for call in (old_store.load_config, old_store.probe, lambda: old_store.page("services"),
-                 lambda: old_store.get("consumers", "written-by-old"),
-                 lambda: old_store.insert("consumers", {"username": "late"})):
-        with pytest.raises(schema.IncompatibleSchema):
-            call()
-    # The newer store had cached the legacy columns: it recovers on its next write.
-    new_store.insert("routes", {"name": "r4", "paths": ["/four"]})
-    assert len(new_store.load_config().routes) == 4
-    old_store.close()
-    new_store.close()
+def _config(kong_db: KongDb, name: str) -> dict[str, Any]:
+    rows = kong_db.query("SELECT config FROM plugins WHERE name = %s", (name,))
+    assert len(rows) == 1, (name, rows)
+    return rows[0][0]
 
 
-def test_a_release_without_the_teardown_runs_a_destructive_up(kong_db: KongDb) -> None:
-    # kong-facts 3.4/4.1: the three 3.6 plugin migrations had no teardown in 3.6.x; their up
-    # removed the old data at once. 3.7 gave them a teardown (up keeps, finish removes).
-    migrate(kong_db, "3.5.0", "bootstrap")
-    old_store = store(kong_db, "3.5.0")
-    assert old_store.load_config().count() == 0
-    migrate(kong_db, "3.6.0", "up")
-    assert "pre_acme_003_350_to_360" not in columns(kong_db, "plugins")
-    assert migrations.state_for(kong_db.conf("3.6.0"), versions.get("3.6.0")).pending_migrations is None
-    with pytest.raises(schema.IncompatibleSchema):
-        old_store.load_config()
-    old_store.close()
+def _paths(kong_db: KongDb, name: str) -> list[str]:
+    return kong_db.query("SELECT paths FROM routes WHERE name = %s", (name,))[0][0]
 
 
-def test_37_keeps_the_legacy_columns_until_finish(kong_db: KongDb) -> None:
-    migrate(kong_db, "3.5.0", "bootstrap")
-    migrate(kong_db, "3.7.0", "up")
-    cols = columns(kong_db, "plugins")
-    assert {"pre_acme_003_350_to_360", "acme_003_350_to_360"} <= cols
-    old_store = store(kong_db, "3.5.0")
-    old_store.load_config()
-    migrate(kong_db, "3.7.0", "finish")
-    assert "pre_acme_003_350_to_360" not in columns(kong_db, "plugins")
-    with pytest.raises(schema.IncompatibleSchema):
-        old_store.load_config()
-    old_store.close()
+def _seed(kong: KongRunner, kong_db: KongDb, tmp_path: Path, version: str, text: str) -> None:
+    assert kong(version, "migrations", "bootstrap", env=kong_db.env).returncode == 0
+    path = tmp_path / "seed.yml"
+    path.write_text(text, encoding="utf-8")
+    res = kong(version, "config", "db_import", str(path), env=kong_db.env)
+    assert res.returncode == 0, res
 
 
-def test_newer_bootstrap_is_incompatible_with_an_older_release(kong_db: KongDb) -> None:
-    migrate(kong_db, "3.9.1", "bootstrap")
-    older = store(kong_db, "3.4.3")
-    with pytest.raises(schema.IncompatibleSchema):
-        older.probe()
-    older.close()
+@pytest.mark.parametrize("provider", ["emulated", "real"])
+def test_28_to_34_regex_paths_in_up_plugin_configs_in_finish(kong: KongRunner, kong_db: KongDb,
+                                                            tmp_path: Path) -> None:
+    _seed(kong, kong_db, tmp_path, "2.8.5", SEED_28)
+    assert _config(kong_db, "pre-function")["functions"] == ["kong.response.set_header('X-Pre', '1')"]
+    assert _config(kong_db, "http-log")["headers"] == {"X-Two": ["a", "b"], "X-Empty": {}}, "cjson: [] is {}"
+    assert kong("3.4.2", "migrations", "up", env=kong_db.env).returncode == 0
+    # up: regex paths get their `~` (percent-encoded unreserved characters decoded once)
+    assert _paths(kong_db, "regex") == ["~/reg/\\d+", "~/café/\\d+", "/prefix"]
+    assert _paths(kong_db, "plain") == ["/plain"]
+    pre = _config(kong_db, "pre-function")
+    assert pre["access"] == pre["functions"] == ["kong.response.set_header('X-Pre', '1')"]
+    assert _config(kong_db, "http-log")["headers"] == {"X-Two": ["a", "b"], "X-Empty": {}}, "cjson: [] is {}"
+    assert kong("3.4.2", "migrations", "finish", env=kong_db.env).returncode == 0
+    # finish: the teardowns rewrite what 2.8 reads
+    assert "functions" not in _config(kong_db, "pre-function")
+    assert _config(kong_db, "pre-function")["access"] == ["kong.response.set_header('X-Pre', '1')"]
+    assert _config(kong_db, "http-log")["headers"] == {"X-Two": "a, b"}
+    assert _config(kong_db, "rate-limiting")["redis_host"] == "127.0.0.1", "006_350_to_360 is 3.6's"
+
+
+@pytest.mark.parametrize(("provider", "new"), provider_params(["3.9.1"]) + provider_params(["3.7.0"], ("emulated",)))
+def test_34_to_37_plus_redis_fields_moved_in_up_removed_in_finish(kong: KongRunner, kong_db: KongDb, tmp_path: Path,
+                                                                 new: str) -> None:
+    _seed(kong, kong_db, tmp_path, "3.4.2", SEED_34)
+    assert kong(new, "migrations", "up", env=kong_db.env).returncode == 0
+    limits = _config(kong_db, "rate-limiting")
+    assert limits["redis"]["host"] == limits["redis_host"] == "127.0.0.1"
+    assert limits["redis"]["port"] == 9 and limits["redis"]["database"] == 2
+    assert _config(kong_db, "response-ratelimiting")["redis"]["host"] is None
+    assert _config(kong_db, "opentelemetry")["queue"]["max_batch_size"] == 1
+    assert kong(new, "migrations", "finish", env=kong_db.env).returncode == 0
+    limits = _config(kong_db, "rate-limiting")
+    assert not [k for k in limits if k.startswith("redis_")], limits
+    assert limits["redis"]["host"] == "127.0.0.1"
+    assert _config(kong_db, "opentelemetry")["queue"]["max_batch_size"] == 200
+    assert _paths(kong_db, "regex") == ["~/reg/\\d+"]
+
+
+def test_36x_up_is_destructive(kong: KongRunner, kong_db: KongDb, tmp_path: Path) -> None:
+    """Emulator only (no 3.5/3.6 build here): the three 3.6 plugin migrations had no teardown
+    in 3.6.x, their `up` removed the old fields at once (kong-facts 3.4)."""
+    _seed(kong, kong_db, tmp_path, "3.5.0", SEED_34)
+    assert kong("3.6.0", "migrations", "up", env=kong_db.env).returncode == 0
+    limits = _config(kong_db, "rate-limiting")
+    assert limits["redis"]["host"] == "127.0.0.1" and "redis_host" not in limits
+    assert kong("3.6.0", "migrations", "list", env=kong_db.env).returncode == 0, "nothing pending"
+
+
+@pytest.mark.parametrize(("provider", "version"), provider_params(["2.8.5", "3.9.1"]))
+def test_bootstrap_creates_kongs_tables(kong: KongRunner, kong_db: KongDb, version: str) -> None:
+    assert kong(version, "migrations", "bootstrap", env=kong_db.env).returncode == 0
+    tables = {r[0] for r in kong_db.query("SELECT table_name FROM information_schema.tables "
+                                          "WHERE table_schema = current_schema()")}
+    assert tables >= {"workspaces", "services", "routes", "consumers", "plugins", "keyauth_credentials", "upstreams",
+                      "targets", "cluster_events", "clustering_data_planes", "ratelimiting_metrics",
+                      "response_ratelimiting_metrics", "sessions", "oauth2_tokens", "acme_storage", "parameters",
+                      "schema_meta", "locks"}, tables
+    assert kong_db.query("SELECT name FROM workspaces") == [("default",)]
+    assert ("cluster_id",) in kong_db.query("SELECT key FROM parameters")
+
+
+def test_migrate_path_280_300() -> None:
+    """Emulator only: its copy of kong/db/migrations/migrate_path_280_300.lua."""
+    assert schema.migrate_path_280_300("/plain/path-1_2.~") == "/plain/path-1_2.~"
+    assert schema.migrate_path_280_300("/reg/\\d+") == "~/reg/\\d+"
+    assert schema.migrate_path_280_300("/caf%C3%A9/(x)") == "~/café/(x)"
+    assert schema.migrate_path_280_300("/a%2Fb/(x)") == "~/a%2Fb/(x)", "reserved characters stay encoded"
+    assert schema.migrate_path_280_300("/a%2eb/(x)") == "~/a\\.b/(x)", "regex metacharacters are escaped"
