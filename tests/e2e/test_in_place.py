@@ -1,5 +1,7 @@
-"""In-place upgrades end to end on the lab, under steady load through HAProxy: the same
-database, with a downtime the run measures (X stop began -> Y serves through the LB)."""
+"""In-place upgrades end to end on real Kong 3.4.2 -> 3.9.1, under steady load through HAProxy:
+the same database, with a downtime the run measures (X stop began -> Y serves through the LB).
+Faults are injected by real means: the smoke test's expectations, a taken port, a wrapper in front
+of Y's kong, a PostgreSQL trigger."""
 
 from __future__ import annotations
 
@@ -7,11 +9,11 @@ import json
 import socket
 
 from ansible_runner import run_module
-from e2e_helpers import admin_version, assert_serving, fast_gate, pg_args, run_playbook, run_under_load, sql, wrap_kong
+from e2e_helpers import admin_version, assert_serving, echoed_headers, fast_gate, pg_args, run_playbook, run_under_load, sql, wrap_kong
 from labfixtures import running_lab
 
-# 3.4.3 -> 3.9.1 skips minors, which Kong does not guarantee: the run needs the override.
-X, Y = "3.4.3", "3.9.1"
+# 3.4.2 -> 3.9.1 skips minors, which Kong does not guarantee: the run needs the override.
+X, Y = "3.4.2", "3.9.1"
 LAB = ("--x-version", X, "--y-version", Y, "--x-nodes", "2", "--y-nodes", "2")
 
 
@@ -51,7 +53,7 @@ def _assert_restored_to_x(lab, run, phase, summary=None):
 
 
 def test_in_place_upgrade_downtime_is_the_recorded_window_and_is_idempotent(tmp_path):
-    with running_lab(*LAB) as lab:
+    with running_lab(*LAB, kong="real") as lab:
         extra = _extra(lab)
         first, summary = run_under_load(lab, "upgrade_in_place", extra, tmp_path)
         assert first.rc == 0, first.explain()
@@ -78,6 +80,9 @@ def test_in_place_upgrade_downtime_is_the_recorded_window_and_is_idempotent(tmp_
         assert_serving(lab, Y, "kong_x")
         freeze = run_module("kong_config_freeze", dict(pg_args(lab), state="status"))
         assert not freeze.failed and freeze["frozen"] is False
+        # The seeded regex route still serves with its plugin on Y (rate-limiting's migration
+        # rewrote the plugins' configuration in place).
+        assert echoed_headers(lab.frontend, "/regex2/42").get("x-lab-route") == "svc2-regex"
 
         second = run_playbook("upgrade_in_place", lab.inventory_path, extra, tmp_path)
         assert second.rc == 0, second.explain()
@@ -87,14 +92,14 @@ def test_in_place_upgrade_downtime_is_the_recorded_window_and_is_idempotent(tmp_
 def test_in_place_smoke_test_failing_after_x_stopped_restores_the_database_and_x(tmp_path):
     # The smoke test fails after X stopped and the migrations finished, so X's database must come
     # back from the backup.
-    with running_lab(*LAB) as lab:
+    with running_lab(*LAB, kong="real") as lab:
         extra = _extra(lab, kong_upgrade_smoke_requests=[{"path": "/", "status": [418]}])
         run = run_playbook("upgrade_in_place", lab.inventory_path, extra, tmp_path)
         _assert_restored_to_x(lab, run, "smoke_test")
 
 
 def test_in_place_y_node_that_fails_to_start_restores_the_database_and_x(tmp_path):
-    with running_lab(*LAB) as lab, socket.socket() as taken:
+    with running_lab(*LAB, kong="real") as lab, socket.socket() as taken:
         # Y's proxy_listen is an address another program holds: Y cannot start once X has stopped
         # and the migrations have finished, so X's database must come back from the backup.
         taken.bind(("127.0.0.1", 0))
@@ -105,7 +110,7 @@ def test_in_place_y_node_that_fails_to_start_restores_the_database_and_x(tmp_pat
 
 
 def test_in_place_migrations_finish_failing_after_up_restores_the_database_and_x(tmp_path):
-    with running_lab(*LAB) as lab:
+    with running_lab(*LAB, kong="real") as lab:
         # y1's kong (the one that runs the migrations) runs `migrations up` for real, then its
         # `migrations finish` fails: the database is half-migrated when the run must recover.
         wrap_kong(lab, "y1", tmp_path, '[ "$1" = migrations ] && [ "$2" = finish ]', "finish failed")
@@ -114,26 +119,28 @@ def test_in_place_migrations_finish_failing_after_up_restores_the_database_and_x
         _assert_restored_to_x(lab, run, "migrations_finished", summary)
 
 
-# A trigger a DBA left on `plugins` that rejects the UPDATE of one migration's `up` (rate-limiting
-# 006_350_to_360, the 9th of the ten migrations 3.4.3 -> 3.9.1 runs): `kong migrations up` really
-# fails midway in PostgreSQL, after the migrations before it were committed and recorded.
+# A trigger a DBA left on `plugins` that rejects one migration's `up`: real rate-limiting
+# 006_350_to_360 moves the seeded rate-limiting plugin's redis_* settings into a `redis` record, the
+# 8th of the nine migrations 3.4.2 -> 3.9.1 runs (core 021-024, acme 003, ai-proxy 001,
+# opentelemetry 001, rate-limiting 006, response-ratelimiting 001; `kong migrations list`).
+# `kong migrations up` really fails midway in PostgreSQL, after the seven before it were committed
+# and recorded in schema_meta.
 FAILING_MIGRATION_TRIGGER = """
 CREATE FUNCTION e2e_reject_rate_limiting_migration() RETURNS trigger LANGUAGE plpgsql AS $fn$
 BEGIN
-  IF EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()
-             AND table_name = 'plugins' AND column_name = 'rate_limiting_006_350_to_360') THEN
+  IF NEW.name = 'rate-limiting' AND NEW.config ? 'redis' AND NOT OLD.config ? 'redis' THEN
     RAISE EXCEPTION 'injected fault: a trigger rejects this update of plugins';
   END IF;
-  RETURN NULL;
+  RETURN NEW;
 END
 $fn$;
 CREATE TRIGGER e2e_reject_rate_limiting_migration BEFORE UPDATE ON plugins
-  FOR EACH STATEMENT EXECUTE FUNCTION e2e_reject_rate_limiting_migration();
+  FOR EACH ROW EXECUTE FUNCTION e2e_reject_rate_limiting_migration();
 """
 
 
 def test_in_place_migrations_up_failing_midway_restores_the_database_and_the_next_run_completes(tmp_path):
-    with running_lab(*LAB) as lab:
+    with running_lab(*LAB, kong="real") as lab:
         sql(lab, FAILING_MIGRATION_TRIGGER)
         before = sql(lab, "SELECT subsystem, executed, pending FROM schema_meta ORDER BY subsystem")
         run, summary = run_under_load(lab, "upgrade_in_place", _extra(lab), tmp_path)
