@@ -725,7 +725,7 @@ def _parse_or_import(info: VersionInfo, conf: confmod.KongConf, store: schema.En
     except OSError as exc:
         raise KongError(f"Failed parsing:\n{path}: {exc.strerror}") from None
     try:
-        entities = declarative.load_text(text, info, enabled)[0]
+        entities = declarative.load_text(text, info, enabled, random_ids=command == "db_import")[0]
     except declarative.DeclarativeError as exc:
         raise KongError("Failed parsing:\n" + exc.text) from None
     if command == "parse":
@@ -738,7 +738,8 @@ def _parse_or_import(info: VersionInfo, conf: confmod.KongConf, store: schema.En
         store.import_entities(entities)
         store.import_parameters(entities.get("parameters") or [])
     except schema.StoreError as exc:
-        raise KongError("Failed importing:\n" + str(exc)) from None
+        # the DAO error as the postgres strategy words it (real 3.4.2)
+        raise KongError("Failed importing:\n[postgres] " + str(exc)) from None
     log("import successful")
     return 0
 

@@ -6,9 +6,11 @@ in-memory store of DB-less nodes.
 * Entities may be nested (services -> routes/plugins, routes -> plugins,
   consumers -> plugins/keyauth_credentials, upstreams -> targets) or given at the top
   level with foreign keys as ids or endpoint keys (names).
-* Entities without an id get a deterministic one (uuid5 of the entity name and its
-  endpoint/cache key), so importing the same file twice is idempotent and a DB-less
-  node computes the same configuration hash for the same file.
+* Entities without an id get the one Kong's loader generates (uuid5 of the entity's
+  cache key or endpoint key, `kong_generated_id`); where Kong draws a random one (3.x
+  key-auth credentials without an id, routes without a name), `kong config db_import`
+  does too (importing such a file twice fails on the unique key, as on real 3.4.2) and
+  DB-less loads use a stable one (the same file, the same configuration hash).
 * Errors render like Kong's `Failed parsing:` text:
 
       in 'services':
@@ -39,7 +41,6 @@ from .entities import (
     EntitySpec,
     NotFound,
     OperationUnsupported,
-    cache_key,
     is_uuid,
     lua_pretty,
     to_export,
@@ -136,26 +137,67 @@ def parse_text(text: str) -> Any:
         raise DeclarativeError(message=f"failed parsing declarative configuration: {exc}") from None
 
 
+_KONG_NAMESPACE = uuid.UUID("fd02801f-0957-4a15-a55a-c8d9606f30b5")  # declarative_config.lua
+# Kong's generate_ids: cache_key fields (3.x) or the endpoint key (entity: (field, unique)).
+_CACHE_KEYS = {3: {"plugins": ("name", "route", "service", "consumer"), "targets": ("upstream", "target"),
+                   "keyauth_credentials": ("key",)},
+               2: {"plugins": ("name", "route", "service", "consumer")}}
+_ENDPOINT_KEYS = {"services": ("name", True), "routes": ("name", True), "consumers": ("username", True),
+                  "upstreams": ("name", True), "keyauth_credentials": ("key", True), "targets": ("target", False)}
+_REQUIRED_KEYS = {"plugins": {"name"}, "targets": {"upstream", "target"}}
+_AUTO_KEYS = {"keyauth_credentials": {"key"}}  # a generated key: no id from it (3.x)
+
+
+def _kong_uuid(entity: str, key: str) -> str:
+    return str(uuid.uuid5(uuid.uuid5(_KONG_NAMESPACE, entity), key))
+
+
+def kong_generated_id(entity: str, raw: dict[str, Any], child_key: str | None, parent_id: str | None,
+                      info: VersionInfo) -> str | None:
+    """The id Kong's declarative loader gives an entity without one (uuid5 of its cache key or
+    endpoint key, as declarative_config.lua's generate_ids: the same ids as real 2.8.5 and
+    3.4.2), or None where Kong draws a random one (3.x key-auth credentials, routes without a
+    name, ...). ``raw`` is the entity as written in the file, names unresolved."""
+    fields = _CACHE_KEYS[3 if info.major >= 3 else 2].get(entity)
+    if fields is not None:
+        parts = [entity, "*"] if info.major >= 3 else [entity]
+        for name in fields:
+            value = raw.get(name)
+            if name in _AUTO_KEYS.get(entity, ()):
+                return None
+            if isinstance(value, str):
+                parts.append(value)
+            elif value is None:
+                if name == child_key and parent_id:
+                    parts.append(parent_id)
+                elif name in _REQUIRED_KEYS.get(entity, ()):
+                    return None
+                else:
+                    parts.append("")
+        return _kong_uuid(entity, ":".join(parts))
+    endpoint = _ENDPOINT_KEYS.get(entity)
+    if endpoint is None or raw.get(endpoint[0]) is None:
+        return None
+    key = str(raw[endpoint[0]])
+    if not endpoint[1]:  # unique per parent only: composed with the parent's id
+        key += ":" + str(parent_id or raw.get("upstream") or "")
+    return _kong_uuid(entity, key)
+
+
 def _deterministic_id(entity: str, data: dict[str, Any], parent_id: str | None, index: int) -> str:
-    spec = SPECS[entity]
-    key: str | None = None
-    if spec.endpoint_key and data.get(spec.endpoint_key):
-        key = f"{entity}:{data[spec.endpoint_key]}"
-    elif entity == "consumers" and data.get("custom_id"):
-        key = f"consumers:custom_id:{data['custom_id']}"
-    elif spec.cache_key:
-        key = cache_key(spec, data)
-    if key is None:
-        body = {k: v for k, v in data.items() if k not in ("id", "created_at", "updated_at")}
-        key = f"{entity}:{parent_id}:{index}:{json.dumps(body, sort_keys=True, default=str)}"
+    """The emulator's stable id where Kong draws a random one (DB-less loads, so that the
+    same file gives the same configuration hash)."""
+    body = {k: v for k, v in data.items() if k not in ("id", "created_at", "updated_at")}
+    key = f"{entity}:{parent_id}:{index}:{json.dumps(body, sort_keys=True, default=str)}"
     return str(uuid.uuid5(_NAMESPACE, key))
 
 
 class _Loader:
     """Flattens nested entities, validates each one and resolves references."""
 
-    def __init__(self, info: VersionInfo, enabled_plugins: Iterable[str] | None) -> None:
+    def __init__(self, info: VersionInfo, enabled_plugins: Iterable[str] | None, random_ids: bool = False) -> None:
         self.info = info
+        self.random_ids = random_ids
         self.enabled_plugins = list(enabled_plugins) if enabled_plugins is not None else list(info.bundled_plugins)
         self.entities: dict[str, list[dict[str, Any]]] = {name: [] for name in CONFIG_ENTITIES}
         self.refs: list[tuple[str, dict[str, Any], str, Any, dict[Any, Any]]] = []
@@ -234,9 +276,15 @@ class _Loader:
         data, errors = validate(spec, body, enabled_plugins=self.enabled_plugins,
                                 route_path_regex=self.info.major >= 3, release=self.info)
         if "id" not in item or item.get("id") is None:
-            data["id"] = _deterministic_id(entity, data, parent[1] if parent else None, index)
-            if raw_refs:
-                self.reid.append((entity, data, parent[1] if parent else None, index))
+            generated = kong_generated_id(entity, item, parent_field, parent[1] if parent else None, self.info)
+            if generated is not None:
+                data["id"] = generated
+            elif self.random_ids:  # `kong config db_import`: Kong draws a new uuid
+                data["id"] = str(uuid.uuid4())
+            else:
+                data["id"] = _deterministic_id(entity, data, parent[1] if parent else None, index)
+                if raw_refs:
+                    self.reid.append((entity, data, parent[1] if parent else None, index))
         out: dict[Any, Any] = dict(errors)
         for name, ref in raw_refs.items():
             self.refs.append((entity, data, name, ref, out))
@@ -312,15 +360,16 @@ def _looks_like_id_ref(value: Any) -> bool:
     return is_uuid(value)
 
 
-def load(doc: Any, info: VersionInfo, enabled_plugins: Iterable[str] | None = None
+def load(doc: Any, info: VersionInfo, enabled_plugins: Iterable[str] | None = None, random_ids: bool = False
          ) -> tuple[dict[str, list[dict[str, Any]]], str]:
-    """Validate a parsed document; return (entities by name, format version)."""
-    return _Loader(info, enabled_plugins).load(doc)
+    """Validate a parsed document; return (entities by name, format version). ``random_ids``:
+    entities Kong gives no stable id get a random one (db_import), else a stable one."""
+    return _Loader(info, enabled_plugins, random_ids).load(doc)
 
 
-def load_text(text: str, info: VersionInfo, enabled_plugins: Iterable[str] | None = None
-              ) -> tuple[dict[str, list[dict[str, Any]]], str]:
-    return load(parse_text(text), info, enabled_plugins)
+def load_text(text: str, info: VersionInfo, enabled_plugins: Iterable[str] | None = None,
+              random_ids: bool = False) -> tuple[dict[str, list[dict[str, Any]]], str]:
+    return load(parse_text(text), info, enabled_plugins, random_ids)
 
 
 # ---------------------------------------------------------------------------

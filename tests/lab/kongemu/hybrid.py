@@ -9,6 +9,10 @@ serves plain HTTP on `cluster_listen`:
   rejection it logs `[clustering] <message> [id: ..., host: ..., ip: ..., version:
   ...]`, upserts the DP in `clustering_data_planes` with `sync_status =
   kong_version_incompatible` and answers 400 `{"message": "<message>"}`.
+* The DP also sends `plugins=<the plugins it loads>`: when the CP's configuration uses a
+  plugin the DP lacks, the CP logs `unable to send updated configuration to data plane:
+  configured <name> plugin <version> is missing from data plane`, lists the DP as
+  `plugin_set_incompatible` and sends it nothing (it keeps its configuration).
 * On acceptance it upserts the DP row (id, ip, hostname, version, sync_status
   `normal`, config_hash reported by the DP, last_seen, ttl) and answers 200
   `{"config_hash": H, "config": {...}}`; `config` is left out when the DP already
@@ -85,6 +89,7 @@ class ControlPlane:
         self._generation = 0
         self._rows: dict[str, tuple[float, tuple[Any, ...]]] = {}
         self._row_lock = threading.Lock()
+        self._status: dict[str, str] = {}
 
     def start(self) -> None:
         """Nothing to run in the background: the refresh loop calls config_changed."""
@@ -147,10 +152,31 @@ class ControlPlane:
                 generation = self._generation
                 self._cond.wait_for(lambda: self._generation != generation, LONG_POLL)
             chash, export = self.current()
+        if dp_hash != chash and "plugins" in query:
+            problem = self._missing_plugin(export, set(query["plugins"].split(",")) - {""})
+            if problem is not None:
+                # the DP stays connected and keeps its configuration (compat/init.lua)
+                if self._status.get(dp_id) != "plugin_set_incompatible":
+                    self.node.log.warn(f"[clustering] unable to send updated configuration to data plane: "
+                                       f"{problem}{suffix}")
+                self._status[dp_id] = "plugin_set_incompatible"
+                self._upsert(dp_id, ip, hostname, dp_version, "plugin_set_incompatible", dp_hash)
+                return _json(200, {"config_hash": dp_hash})
+        self._status[dp_id] = "normal"
         self._upsert(dp_id, ip, hostname, dp_version, "normal", dp_hash)
         if dp_hash == chash:
             return _json(200, {"config_hash": chash})
         return _json(200, {"config_hash": chash, "config": export})
+
+    def _missing_plugin(self, export: dict[str, Any], dp_plugins: set[str]) -> str | None:
+        """check_configuration_compatibility: a configured plugin the DP does not load
+        (sync_status plugin_set_incompatible). plugin_version_incompatible (another plugin
+        major, or a newer DP plugin minor) cannot happen with bundled plugins: every one
+        carries its Kong version, and a DP minor newer than the CP's is refused earlier."""
+        configured = {str(p.get("name")) for p in export.get("plugins") or [] if isinstance(p, dict)}
+        for name in sorted(configured - dp_plugins):
+            return f"configured {name} plugin {self.node.version_info.version} is missing from data plane"
+        return None
 
     def _upsert(self, dp_id: str, ip: str, hostname: str, version: str, sync_status: str,
                 config_hash: str | None) -> None:
@@ -212,7 +238,9 @@ class DataPlane:
 
         node = self.node
         node.install_store(nodemod.dbless_empty(declarative, node.version_info))
-        node.config_hash = None
+        # the empty configuration: /status/ready says `empty configuration present` (real
+        # 3.4.2 and 3.9.1 data planes before their first configuration)
+        node.config_hash = "0" * 32
         try:
             with gzip.open(self.cache_path, "rt", encoding="utf-8") as handle:
                 cached = json.load(handle)
@@ -268,10 +296,13 @@ class DataPlane:
     def _poll_once(self) -> None:
         host, _sep, port = self.control_plane.rpartition(":")
         host = host.strip("[]") or "127.0.0.1"
+        from .migrations import loaded_plugins  # pylint: disable=import-outside-toplevel
+
         query = urlencode({"node_id": self.node.node_id,
                            "node_hostname": self.node.hostname,
                            "node_version": self.node.version_info.version,
-                           "config_hash": self.node.config_hash or ""})
+                           "config_hash": self.node.config_hash or "",
+                           "plugins": ",".join(loaded_plugins(self.node.version_info, self.node.conf))})
         conn = http.client.HTTPConnection(host, int(port or 8005), timeout=10)
         try:
             conn.request("GET", f"/v1/outlet?{query}")

@@ -288,6 +288,8 @@ def _wait_listeners(conf: confmod.KongConf, timeout: float = 10.0) -> None:
 
 def _served_listeners(conf: confmod.KongConf) -> list[confmod.Listener]:
     keys = ["proxy_listen", "admin_listen", "status_listen"]
+    if conf.role == "data_plane":
+        keys.remove("admin_listen")
     if conf.role == "control_plane":
         keys.append("cluster_listen")
     if conf.role == "control_plane":
@@ -852,7 +854,8 @@ class Node:
         specs: list[tuple[str, str, Callable[[Request], Response]]] = []
         if self.role != "control_plane":
             specs.append(("proxy_listen", "proxy", self.proxy_app.handle))
-        specs.append(("admin_listen", "admin", self._admin_handle))
+        if self.role != "data_plane":  # no Admin API on data planes (nginx_kong.lua, real 2.8.5 to 3.9.1)
+            specs.append(("admin_listen", "admin", self._admin_handle))
         specs.append(("status_listen", "status", self.status_app.handle))
         if self.role == "control_plane" and self.hybrid is not None:
             specs.append(("cluster_listen", "cluster", self.hybrid.handle))
