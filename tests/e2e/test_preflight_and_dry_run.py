@@ -1,6 +1,7 @@
-"""Preflight and dry runs end to end on the lab: every refusal names the problem and the fix and
+"""Preflight and dry runs end to end on real Kong: every refusal names the problem and the fix and
 changes nothing; check mode (every strategy playbook) and playbooks/plan.yml report what a run
-would do and change nothing either."""
+would do and change nothing either. A patch upgrade 3.9.0 -> 3.9.1 (every strategy allows it), and
+3.4.2 -> 3.9.1 for the refusals of a path that skips minors."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from e2e_helpers import admin_version, assert_serving, fast_gate, pg_args, run_p
 from labfixtures import running_lab
 
 # A patch upgrade: every strategy for traditional nodes allows it.
-X, Y = "3.6.0", "3.6.1"
+X, Y = "3.9.0", "3.9.1"
+LAB = ("--x-version", X, "--y-version", Y, "--x-nodes", "2", "--y-nodes", "2")
 
 
 def _inventory_with(lab, tmp_path, host, **changes):
@@ -51,7 +53,7 @@ def _assert_nothing_changed(lab):
 
 
 def test_preflight_refuses_with_the_problem_and_the_fix_and_changes_nothing(tmp_path):
-    with running_lab("--x-version", X, "--y-version", Y, "--x-nodes", "2", "--y-nodes", "2") as lab:
+    with running_lab(*LAB, kong="real") as lab:
         extra = fast_gate(lab.run_dir)
         inv = lab.inventory_path
         refusals = [
@@ -60,19 +62,16 @@ def test_preflight_refuses_with_the_problem_and_the_fix_and_changes_nothing(tmp_
             ("strategy mismatch", "upgrade_dual_cluster", inv, {"kong_upgrade_strategy": "in_place"},
              ["kong_upgrade_strategy=in_place was given to the dual_cluster role", "Run playbooks/upgrade_in_place.yml",
               "Nothing has changed"]),
-            ("path that skips a minor", "upgrade_dual_cluster", inv, {"kong_upgrade_x_version": "3.4.0"},
-             ["skips releases", "Upgrade through 3.5 -> 3.6", "allow_unsupported_path"]),
-            ("blue-green across release lines", "upgrade_blue_green", inv, {"kong_upgrade_x_version": "3.5.0"},
-             ["blue-green is documented only between patch versions", "Use dual_cluster (recommended) or in_place"]),
             ("an X node that does not answer", "upgrade_dual_cluster",
              _inventory_with(lab, tmp_path, "x2", kong_admin_url="http://127.0.0.1:9"), {},
-             ["Expected every node of 'kong_x' to run Kong 3.6.0", "found 1 of 2", "Fix the nodes"]),
+             [f"Expected every node of 'kong_x' to run Kong {X}", "found 1 of 2", "Fix the nodes"]),
             ("a server the load balancer does not have", "upgrade_blue_green",
              _inventory_with(lab, tmp_path, "y2", kong_lb_server_name="y9"), {},
              ["no server named y9 in the load balancer", "nothing was changed"]),
+            # A real Kong build of another version where Y's binary should be: X's 3.9.0.
             ("a Y binary of another version", "upgrade_in_place",
              _inventory_with(lab, tmp_path, "y1", kong_executable=lab.host("x1")["kong_executable"]), {},
-             ["says '3.6.0'", "expected 3.6.1", "Install Kong 3.6.1 there"]),
+             [f"says '{X}'", f"expected {Y}", f"Install Kong {Y} there"]),
             ("a pg_dump older than the server", "upgrade_dual_cluster", inv,
              {"kong_upgrade_pg_bin_dir": _old_pg_dump(tmp_path)},
              ["pg_dump is version 13", "server is PostgreSQL 15", "postgresql-client-15"]),
@@ -102,14 +101,33 @@ def test_preflight_refuses_with_the_problem_and_the_fix_and_changes_nothing(tmp_
         _assert_nothing_changed(lab)
 
 
+def test_a_path_that_skips_minors_is_refused_unless_allowed_and_blue_green_only_within_a_line(tmp_path):
+    """Nodes that really run 3.4.2 and a Y of 3.9.1: Kong guarantees neither the path nor blue-green."""
+    with running_lab("--x-version", "3.4.2", "--y-version", "3.9.1", "--x-nodes", "1", "--y-nodes", "1",
+                     kong="real") as lab:
+        extra = fast_gate(lab.run_dir)
+        refusals = [
+            ("path that skips a minor", "upgrade_dual_cluster", {},
+             ["skips releases", "Upgrade through 3.5 -> 3.6 -> 3.7 -> 3.8 -> 3.9", "allow_unsupported_path"]),
+            ("blue-green across release lines", "upgrade_blue_green", {"kong_upgrade_allow_unsupported_path": True},
+             ["blue-green is documented only between patch versions", "Use dual_cluster (recommended) or in_place"]),
+            ("the plan of a path that skips a minor", "plan", {}, ["skips releases"]),
+        ]
+        for what, playbook, more, expected in refusals:
+            run = run_playbook(playbook, lab.inventory_path, dict(extra, **more), tmp_path)
+            assert run.rc != 0 and run.changed == 0, f"{what}: {run.explain()}"
+            for text in expected:
+                assert text in run.stdout, f"{what}: {text!r} not said\n{run.explain()}"
+        assert not run_module("kong_config_freeze", dict(pg_args(lab), state="status"))["frozen"]
+        assert_serving(lab, "3.4.2", "kong_y")
+
+
 def test_dry_runs_and_the_plan_say_what_would_happen_and_change_nothing(tmp_path):
-    with running_lab("--x-version", X, "--y-version", Y, "--x-nodes", "2", "--y-nodes", "2") as lab:
+    with running_lab(*LAB, kong="real") as lab:
         extra = fast_gate(lab.run_dir)
         plan = run_playbook("plan", lab.inventory_path, extra, tmp_path)
         assert plan.rc == 0 and plan.changed == 0, plan.explain()
         assert "recommended_strategy" in plan.stdout and "patch upgrade" in plan.stdout, plan.explain()
-        refused = run_playbook("plan", lab.inventory_path, dict(extra, kong_upgrade_x_version="3.4.0"), tmp_path)
-        assert refused.rc != 0 and "skips releases" in refused.stdout, refused.explain()
 
         expected = {
             "upgrade_dual_cluster": "restore the backup into Y's database",
@@ -125,8 +143,8 @@ def test_dry_runs_and_the_plan_say_what_would_happen_and_change_nothing(tmp_path
 
 
 def test_rolling_dry_run_on_db_less_nodes_changes_nothing(tmp_path):
-    with running_lab("--x-version", "3.9.1", "--y-version", "3.10.0", "--x-nodes", "2", "--y-nodes", "2",
-                     "--mode", "dbless") as lab:
+    with running_lab("--x-version", X, "--y-version", Y, "--x-nodes", "2", "--y-nodes", "2",
+                     "--mode", "dbless", kong="real") as lab:
         extra = dict(fast_gate(lab.run_dir), kong_upgrade_mode="dbless")
         run = run_playbook("upgrade_rolling", lab.inventory_path, extra, tmp_path, check=True)
         assert run.rc == 0, run.explain()
