@@ -196,8 +196,17 @@ class HaproxyDriver:
                 and servers[n].get("up", True)}
 
     def apply(self, changes):
-        """Apply {server: {"weight": w, "admin_state": s}}; each key optional."""
-        for name, change in changes.items():
+        """Apply {server: {"weight": w, "admin_state": s}}; each key optional.
+
+        HAProxy takes one server at a time, so servers that will serve (a weight above 0, not drained
+        or in maintenance) are set first and those that stop serving last: moving everything from X to
+        Y in one run (X drained, Y from weight 0) never leaves the backend a moment with no weight,
+        when HAProxy would answer 503."""
+        def stops_serving(item):
+            change = item[1]
+            return change.get("weight", 1) == 0 or change.get("admin_state") in ("drain", "maint")
+
+        for name, change in sorted(changes.items(), key=stops_serving):
             if "admin_state" in change and change["admin_state"] == "ready":
                 self._checked("set server %s/%s state ready" % (self.backend, name))
             if "weight" in change:

@@ -97,3 +97,25 @@ def test_nginx_reload_is_confirmed_by_new_workers():
     stuck.workers = lambda: ([11, 12], [])
     with pytest.raises(LbError, match="did not start new workers"):
         stuck._wait_reloaded([11, 12])
+
+
+def test_haproxy_sets_the_servers_that_will_serve_before_those_that_stop():
+    """All traffic from X (drained) to Y (weight 0 until now) in one run: Y first, so the backend never
+    has no weight (HAProxy answered 503 to one request of a lab run under load with X first)."""
+    from ansible_collections.kongops.upgrade.plugins.module_utils._lb import HaproxyDriver
+
+    class Recording(HaproxyDriver):
+        def __init__(self):
+            super().__init__("/nonexistent.sock", "kong_proxy")
+            self.sent = []
+
+        def _checked(self, line):
+            self.sent.append(line)
+            return ""
+
+    driver = Recording()
+    driver.apply({"x1": {"weight": 0, "admin_state": "drain"}, "x2": {"weight": 0, "admin_state": "drain"},
+                  "y1": {"weight": 100}, "y2": {"weight": 100}})
+    assert driver.sent == ["set server kong_proxy/y1 weight 100", "set server kong_proxy/y2 weight 100",
+                           "set server kong_proxy/x1 weight 0", "set server kong_proxy/x1 state drain",
+                           "set server kong_proxy/x2 weight 0", "set server kong_proxy/x2 state drain"]
