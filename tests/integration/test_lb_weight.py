@@ -7,10 +7,12 @@ database, the way the collection deploys Y, and every answer says which of the t
 (`Via: 1.1 kong/3.9.x`).
 
 The drain does not race the clock: the requests in flight are held by the echo service
-(`echo_hold`) until the test releases them, which it does only once the load balancer shows
-the drain applied (HAProxy: X in drain; NGINX: its old worker, which holds them, shutting
-down), so lb_weight is necessarily waiting for them then. The only clocks left are the load
-balancer's own timeouts for a request in flight (30 s), far longer than one module run.
+(`echo_hold`) until the test releases them. Held past a 2 s `drain_timeout`, the module must
+fail and name the busy servers (so it waited for them); held again under a long timeout, it must
+still be running once the load balancer shows the drain applied (HAProxy: X in drain; NGINX: its
+old worker, which holds them, shutting down), and succeed after their release. The only clocks
+left are the load balancer's own limits for a request in flight (30 s; NGINX's old worker 10 s
+after its reload), far longer than those steps.
 """
 
 from __future__ import annotations
@@ -140,9 +142,10 @@ def nginx_workers(lab):
     return serving, shutting_down
 
 
-def drain_applied(lab):
-    """Whether the load balancer shows X drained and Y weighted, with X's requests in flight kept:
-    from then on, lb_weight can only be waiting for them."""
+def drain_applied(lab, serving_before):
+    """Whether the load balancer shows X drained and Y weighted, with X's requests in flight kept
+    (NGINX: the workers that served before the module's reload, ``serving_before``, shutting down,
+    new ones serving): from then on, only those requests can keep lb_weight from returning."""
     if lab.lb["kong_lb_driver"] == "haproxy":
         state = lb_state(lab)
         return (all(int(state[n][1]) & HAPROXY_DRAIN for n in X_SERVERS)
@@ -150,7 +153,8 @@ def drain_applied(lab):
     text = lb_state(lab)
     lines = {line.rsplit("#", 1)[1].strip(): line for line in text.splitlines() if "#" in line}
     serving, shutting_down = nginx_workers(lab)
-    return all(" down;" in lines[n] for n in X_SERVERS) and bool(serving) and bool(shutting_down)
+    return (all(" down;" in lines[n] for n in X_SERVERS) and bool(serving) and not set(serving) & set(serving_before)
+            and bool(set(shutting_down) & set(serving_before)))
 
 
 def haproxy_sessions(lab, names):
@@ -183,16 +187,35 @@ def test_shares_drain_and_no_failed_request_while_weights_move(lab, record_prope
             assert all(s.ok for s in window)
 
         # Drain X while requests are in flight on it, moving all traffic to Y in the same run, as an
-        # upgrade's last step does: the module returns only once they are answered.
+        # upgrade's last step does. First the requests stay held for longer than the module may wait: it
+        # must give up and name what is still busy (it waited for them, it did not return at once).
+        driver = lab.lb["kong_lb_driver"]
+        drain_all = weights(lab, drain=X_SERVERS, x_servers=X_SERVERS, y_servers=Y_SERVERS, y_percent=100)
         zero = run_module("lb_weight", weights(lab, x_servers=X_SERVERS, y_servers=Y_SERVERS, y_percent=0))
         assert not zero.failed and zero["y_share"] == 0.0
-        key = f"drain-{lab.lb['kong_lb_driver']}"
-        pool, held = held_requests(lab, key, HELD)  # Y has no weight: all of them are on X
-        if lab.lb["kong_lb_driver"] == "haproxy":
+        pool, held = held_requests(lab, f"drain-refused-{driver}", HELD)  # Y has no weight: all of them are on X
+        if driver == "haproxy":
             assert haproxy_sessions(lab, X_SERVERS) >= HELD
-        draining = in_background(lambda: run_module("lb_weight", weights(
-            lab, drain=X_SERVERS, x_servers=X_SERVERS, y_servers=Y_SERVERS, y_percent=100, drain_timeout=120)))
-        poll(lambda: drain_applied(lab) or draining.done(), 60, "lb_weight to drain X and weight Y", interval=0.05)
+        refused = run_module("lb_weight", {**drain_all, "drain_timeout": 2})
+        assert lab.echo(echo_held=f"drain-refused-{driver}")["held"] == HELD
+        assert lab.echo(echo_release=f"drain-refused-{driver}")["released"] == HELD
+        answers = [f.result() for f in held]
+        pool.shutdown()
+        assert refused.failed and "still have sessions after 2.0 s of draining" in refused["msg"], refused
+        busy = [f"{n}=" for n in X_SERVERS] if driver == "haproxy" else ["nginx workers shutting down="]
+        assert any(b in refused["msg"] for b in busy), refused["msg"]
+        assert all(status == 200 and body["hold"] == "released" for status, body in answers), answers
+        back = run_module("lb_weight", weights(lab, ready=X_SERVERS, x_servers=X_SERVERS, y_servers=Y_SERVERS,
+                                               y_percent=0))
+        assert not back.failed and back["y_share"] == 0.0
+
+        # Then with time to wait: the module is still running while they are held (the load balancer shows
+        # the drain applied, so only the requests keep it), and returns once they are answered.
+        key = f"drain-{driver}"
+        pool, held = held_requests(lab, key, HELD)
+        serving_before = nginx_workers(lab)[0] if driver == "nginx" else []
+        draining = in_background(lambda: run_module("lb_weight", {**drain_all, "drain_timeout": 120}))
+        poll(lambda: drain_applied(lab, serving_before) or draining.done(), 60, "lb_weight to drain X and weight Y", interval=0.05)
         assert not draining.done(), f"the drain returned while requests were in flight: {draining.result()}"
         assert lab.echo(echo_held=key)["held"] == HELD
         assert lab.echo(echo_release=key)["released"] == HELD
@@ -201,7 +224,6 @@ def test_shares_drain_and_no_failed_request_while_weights_move(lab, record_prope
         pool.shutdown()
         assert not drained.failed, drained.get("msg")
         assert all(status == 200 and body["hold"] == "released" for status, body in answers), answers
-        assert drained["drained_after_seconds"] > 0, "the module did not wait for the requests in flight"
         assert drained["y_share"] == 100.0
         for name in X_SERVERS:
             assert drained["servers"][name]["admin_state"] in ("drain", "maint")
