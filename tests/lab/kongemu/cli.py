@@ -132,7 +132,36 @@ Options:
 """
 
 
+_START_USAGE_37 = """Usage: kong start [OPTIONS]
+
+Start Kong (Nginx and other configured services) in the configured
+prefix directory.
+
+Options:
+ -c,--conf                 (optional string)   Configuration file.
+
+ -p,--prefix               (optional string)   Override prefix directory.
+
+ --nginx-conf              (optional string)   Custom Nginx configuration template.
+
+ --run-migrations          (optional boolean)  Run migrations before starting.
+
+ --db-timeout              (optional number)   Timeout, in seconds, for all database
+                                               operations.
+
+ --lock-timeout            (default 60)        When --run-migrations is enabled, timeout,
+                                               in seconds, for nodes waiting on the
+                                               leader node to finish running migrations.
+
+ --nginx-conf-flags        (optional string)   Flags that can be used to control
+                                               how Nginx configuration templates are rendered
+"""
+
+
 def _start_usage(info: VersionInfo) -> str:
+    if info.db_timeout_default is None:
+        # 3.7+ (real 3.9.1): without --db-timeout, `kong start` keeps pg_timeout
+        return _START_USAGE_37
     flags = (" --nginx-conf-flags (optional string) Flags that can be used to control\n"
              "                                      how Nginx configuration templates are rendered\n\n"
              if info.has_nginx_conf_flags else "")
@@ -161,6 +190,25 @@ Options:
 
 
 def _restart_usage(info: VersionInfo) -> str:
+    if info.db_timeout_default is None:
+        return """Usage: kong restart [OPTIONS]
+
+Restart a Kong node (and other configured services like Serf)
+in the given prefix directory.
+
+This command is equivalent to doing both 'kong stop' and
+'kong start'.
+
+Options:
+ -c,--conf                 (optional string)   configuration file
+ -p,--prefix               (optional string)   prefix at which Kong should be running
+ --nginx-conf              (optional string)   custom Nginx configuration template
+ --run-migrations          (optional boolean)  optionally run migrations on the DB
+ --db-timeout              (optional number)
+ --lock-timeout            (default 60)
+ --nginx-conf-flags        (optional string)   flags that can be used to control
+                                               how Nginx configuration templates are rendered
+"""
     flags = " --nginx-conf-flags (optional string) flags that can be used to control nginx\n" \
         if info.has_nginx_conf_flags else ""
     return f"""Usage: kong restart [OPTIONS]

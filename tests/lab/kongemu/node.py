@@ -20,6 +20,7 @@ import os
 import select
 import signal
 import socket
+import stat
 import sys
 import threading
 import time
@@ -104,6 +105,25 @@ def keeps_node_id(conf: confmod.KongConf, version_info: versions.VersionInfo) ->
     """Only 3.x data planes persist their node id (`kong.id`, pdk/private/node.lua); every
     other node draws a new one at each start (real 2.8.5, 3.4.2, 3.9.1)."""
     return version_info.major >= 3 and conf.role == "data_plane"
+
+
+def workers_cannot_enter(prefix: str, version_info: versions.VersionInfo) -> bool:
+    """nginx started as root runs its workers as `nobody`: a 3.x worker must open the LMDB
+    environment in the prefix, so a prefix under a directory others cannot enter (a 0700
+    temporary directory) kills it (real 3.4.2; 2.8.5, without LMDB, serves)."""
+    if os.geteuid() != 0 or version_info.major < 3:
+        return False
+    path = os.path.abspath(prefix)
+    while True:
+        try:
+            if not os.stat(path).st_mode & stat.S_IXOTH:
+                return True
+        except OSError:
+            return False
+        parent = os.path.dirname(path)
+        if parent == path:
+            return False
+        path = parent
 
 
 # nginx's limit for a unix socket path (sun_path, 108 bytes with the NUL)
@@ -716,6 +736,18 @@ class Node:
         tmp = pid_path(self.prefix) + ".tmp"
         Path(tmp).write_text(f"{self.pid}\n", encoding="ascii")
         os.replace(tmp, pid_path(self.prefix))
+        if workers_cannot_enter(self.prefix, self.version_info):
+            # What real 3.x does: the master (root) binds and reports success, `kong start`
+            # says `Kong started` and exits 0; the one worker (nobody) cannot open the LMDB
+            # environment in the prefix and exits for good; connections are never served.
+            self.log.notice("start worker processes")
+            self.log.notice(f"start worker process {self.pid + 1}")
+            self.log.crit("unable to open LMDB environment: Permission denied")
+            self.log.notice(f"worker process {self.pid + 1} exited with code 2")
+            self.log.write("alert", f"worker process {self.pid + 1} exited with fatal code 2 and cannot be "
+                                    "respawned")
+            report(f"OK {self.pid}")
+            return self._signal_loop(signals)
         self.server.start()
         self._start_background()
         self.log.notice("start worker processes")
@@ -846,9 +878,16 @@ class Node:
 
         self.proxy_app = proxy.ProxyApp(self)
         self.status_app = status.StatusApp(self)
+        failed: list[str] = []
         for key, name, handler in self._listener_specs():
             for lst in self.conf.listeners(key):
-                self._bind(key, name, lst, handler)
+                try:
+                    self._bind(key, name, lst, handler)
+                except StartupError as exc:
+                    failed.append(str(exc))
+        if failed:
+            # nginx tries every listener 5 times (0.5 s apart) before it gives up (real 3.4.2)
+            raise StartupError("\n".join(failed * 5 + ["nginx: [emerg] still could not bind()"]))
 
     def _listener_specs(self) -> list[tuple[str, str, Callable[[Request], Response]]]:
         specs: list[tuple[str, str, Callable[[Request], Response]]] = []

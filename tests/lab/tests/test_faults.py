@@ -1,4 +1,7 @@
-"""kongemu.faults: the emulator's test-only fault injection file."""
+"""kongemu.faults: the emulator's test-only fault injection file.
+
+Emulator only: real Kong has no such file; on real Kong, e2e tests inject faults by real
+means (e2e_helpers.y_overload_fault, a bad kong.conf value, a PostgreSQL trigger)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""The schema state computation (kong-facts 3.3) and list formatting (2.4), without a database."""
+"""The schema state computation (kong-facts 3.3) and list formatting (2.4), without a database.
+
+Emulator only: unit tests of kongemu.migrations. The same states, as `kong migrations list`
+and `status` print them, are compared with real Kong by test_conformance."""
 
 from __future__ import annotations
 

@@ -57,6 +57,8 @@ def test_bind_failure_fails_start_and_leaves_nothing_running(kong_bin, node_tmp)
     # real: `Error: <path>/kong/cmd/start.lua:<n>: nginx: [emerg] bind() ...` (nginx retries 5 times)
     assert re.match(r"^Error: (\S*/kong/cmd/start\.lua:\d+: )?nginx: \[emerg\] bind\(\) to "
                     rf"127\.0\.0\.1:{spec.admin} failed \(98: Address already in use\)", res.err), str(res)
+    assert res.err.count(f"bind() to 127.0.0.1:{spec.admin} failed") == 5, "nginx tries 5 times"
+    assert "nginx: [emerg] still could not bind()\n" in res.err
     assert "Kong started" not in res.out
     assert node_pid(spec.prefix) is None
     assert "bind() to" in (spec.prefix / "logs" / "error.log").read_text()
@@ -138,3 +140,26 @@ def test_drain_without_status_listener_and_dbless_ready_state(kong_bin, node_tmp
         assert res.rc == 0, str(res)
         poll(lambda: http_json(url) == (200, {"message": "ready"}), 10, "ready after the restart")
         assert json.loads(http_call(f"http://127.0.0.1:{spec.admin}/services")[2])["data"][0]["name"] == "s"
+
+
+@BOTH
+def test_a_prefix_workers_cannot_enter_starts_but_never_serves(kong_bin, node_tmp):
+    """nginx runs its workers as `nobody` when started as root: a 3.x prefix under a 0700
+    directory kills the worker (LMDB), yet `kong start` says `Kong started` and exits 0, and
+    the listeners accept connections that are never answered (judge a node by readiness)."""
+    import os
+
+    if os.geteuid() != 0:
+        pytest.skip("nginx runs its workers as another user only when started as root")
+    closed = node_tmp / "closed"
+    closed.mkdir(mode=0o700)
+    spec = make_spec(closed, "n", "3.4.2", database="off")
+    kong = kong_bin("3.4.2")
+    with running_node(kong, spec) as started:
+        assert "Kong started" in started.out.splitlines(), str(started)
+        with pytest.raises((TimeoutError, OSError)):
+            http_call(f"http://127.0.0.1:{spec.status}/status", timeout=2)
+        log = poll(lambda: "cannot be respawned" in (spec.prefix / "logs" / "error.log").read_text()
+                   and (spec.prefix / "logs" / "error.log").read_text(), 10, "the worker's death in error.log")
+        assert "unable to open LMDB environment: Permission denied" in log
+        assert alive(node_pid(spec.prefix)), "the master stays"

@@ -1,4 +1,7 @@
-"""The emulated node's HTTP/1.1 server: keep-alive, framing, graceful shutdown."""
+"""The emulated node's HTTP/1.1 server: keep-alive, framing, graceful shutdown.
+
+Emulator only: this is the emulator's own server (real Kong is nginx). A graceful quit
+under keep-alive load is checked on both providers by test_node_process."""
 
 from __future__ import annotations
 

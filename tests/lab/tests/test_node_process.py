@@ -88,6 +88,22 @@ def _seed(bins, spec, version: str, echo_port: int) -> None:
     assert res.rc == 0, str(res)
 
 
+_SEEDED: dict[tuple[str, str], Any] = {}
+
+
+def _seeded(pg, bins, provider: str, version: str, node_tmp: Path, echo_port: int, name: str = "n1"):
+    """A node spec on a database bootstrapped and seeded once per (provider, version) in this
+    module (tests only read the seed, or write names of their own)."""
+    key = (provider, version)
+    if key not in _SEEDED:
+        info, spec = _bootstrapped(pg, bins, version, node_tmp, name)
+        _seed(bins, spec, version, echo_port)
+        _SEEDED[key] = info
+        return info, spec
+    info = _SEEDED[key]
+    return info, make_spec(node_tmp, name, version, **info.conf())
+
+
 def _bootstrapped(pg, bins, version: str, tmp_path: Path, name: str = "n1", **extra: Any):
     info = pg.fresh()
     spec = make_spec(tmp_path, name, version, **info.conf(), **extra)
@@ -98,10 +114,9 @@ def _bootstrapped(pg, bins, version: str, tmp_path: Path, name: str = "n1", **ex
 
 # ---------------------------------------------------------------------------- CLI messages
 @BOTH
-def test_start_health_stop_messages(pg, bins, echo, node_tmp):
+def test_start_health_stop_messages(pg, bins, echo, node_tmp, provider):
     version = "3.4.2"
-    info, spec = _bootstrapped(pg, bins, version, node_tmp)
-    _seed(bins, spec, version, echo)
+    info, spec = _seeded(pg, bins, provider, version, node_tmp, echo)
     kong = bins(version)
     res = run_kong(kong, "start", "-c", str(spec.conf_path))
     try:
@@ -112,6 +127,8 @@ def test_start_health_stop_messages(pg, bins, echo, node_tmp):
         for rel in (".kong_env", "logs/error.log", "logs/access.log", "logs/admin_access.log"):
             assert (spec.prefix / rel).exists(), rel
         assert oct((spec.prefix / ".kong_env").stat().st_mode & 0o777) == "0o640"
+        # up to 3.6 `kong start --db-timeout` defaults to 60 s and overrides pg_timeout
+        assert "\npg_timeout = 60000\n" in (spec.prefix / ".kong_env").read_text()
         # no secret in the logs or output
         assert info.password not in (spec.prefix / "logs" / "error.log").read_text()
         # every listener accepts: proxy routes, admin-less node still has status
@@ -146,12 +163,13 @@ def test_start_health_stop_messages(pg, bins, echo, node_tmp):
 
 
 @BOTH
-def test_quit_restart_and_reload(pg, bins, echo, node_tmp):
+def test_quit_restart_and_reload(pg, bins, echo, node_tmp, provider):
     version = "3.9.1"
-    info, spec = _bootstrapped(pg, bins, version, node_tmp)
-    _seed(bins, spec, version, echo)
+    info, spec = _seeded(pg, bins, provider, version, node_tmp, echo)
     kong = bins(version)
     with running_node(kong, spec):
+        # from 3.7 `kong start` keeps pg_timeout (default 5000 ms) unless --db-timeout is given
+        assert "\npg_timeout = 5000\n" in (spec.prefix / ".kong_env").read_text()
         first = node_pid(spec.prefix)
         res = run_kong(kong, "restart", "-c", str(spec.conf_path))
         assert res.rc == 0 and res.out.strip().endswith("Kong started"), str(res)
@@ -188,10 +206,9 @@ def _ok(url: str) -> tuple[int, dict[str, str], bytes] | None:
 
 
 @BOTH
-def test_quit_timeout_forces(pg, bins, echo, node_tmp):
+def test_quit_timeout_forces(pg, bins, echo, node_tmp, provider):
     version = "3.9.1"
-    info, spec = _bootstrapped(pg, bins, version, node_tmp)
-    _seed(bins, spec, version, echo)
+    info, spec = _seeded(pg, bins, provider, version, node_tmp, echo)
     kong = bins(version)
     with running_node(kong, spec):
         pid = node_pid(spec.prefix)
@@ -267,8 +284,8 @@ def test_run_migrations_flag(pg, bins, node_tmp):
 # ---------------------------------------------------------------------------- status
 @pytest.mark.parametrize(("provider", "version"), provider_params(["3.4.2", "3.9.1"])
                          + provider_params(["3.2.2"], ("emulated",)))
-def test_ready_by_version_and_drain(pg, bins, echo, node_tmp, version):
-    info, spec = _bootstrapped(pg, bins, version, node_tmp)
+def test_ready_by_version_and_drain(pg, bins, echo, node_tmp, provider, version):
+    info, spec = _seeded(pg, bins, provider, version, node_tmp, echo)
     with running_node(bins(version), spec):
         url = f"http://127.0.0.1:{spec.status}/status/ready"
         code, body = http_json(url)
@@ -286,10 +303,9 @@ def test_ready_by_version_and_drain(pg, bins, echo, node_tmp, version):
 
 
 @BOTH
-def test_database_down_keeps_serving(pg, bins, echo, node_tmp):
+def test_database_down_keeps_serving(pg, bins, echo, node_tmp, provider):
     version = "3.4.2"
-    info, spec = _bootstrapped(pg, bins, version, node_tmp)
-    _seed(bins, spec, version, echo)
+    info, spec = _seeded(pg, bins, provider, version, node_tmp, echo)
     metrics_url = f"http://127.0.0.1:{spec.status}/metrics"
     status_url = f"http://127.0.0.1:{spec.status}/status"
     with running_node(bins(version), spec):
@@ -311,10 +327,9 @@ def test_database_down_keeps_serving(pg, bins, echo, node_tmp):
 
 # ---------------------------------------------------------------------------- graceful quit
 @BOTH
-def test_graceful_quit_under_keepalive_load_loses_nothing(pg, bins, echo, node_tmp):
+def test_graceful_quit_under_keepalive_load_loses_nothing(pg, bins, echo, node_tmp, provider):
     version = "3.4.2"
-    info, spec = _bootstrapped(pg, bins, version, node_tmp)
-    _seed(bins, spec, version, echo)
+    info, spec = _seeded(pg, bins, provider, version, node_tmp, echo)
     kong = bins(version)
     stop = threading.Event()
     quitting = threading.Event()
@@ -388,9 +403,9 @@ def test_graceful_quit_under_keepalive_load_loses_nothing(pg, bins, echo, node_t
 
 # ---------------------------------------------------------------------------- cluster cache
 @BOTH
-def test_admin_write_on_one_node_reaches_the_other(pg, bins, echo, node_tmp):
+def test_admin_write_on_one_node_reaches_the_other(pg, bins, echo, node_tmp, provider):
     version = "3.9.1"
-    info, spec_a = _bootstrapped(pg, bins, version, node_tmp, "a")
+    info, spec_a = _seeded(pg, bins, provider, version, node_tmp, echo, "a")
     spec_b = make_spec(node_tmp, "b", version, **info.conf())
     kong = bins(version)
     with running_node(kong, spec_a), running_node(kong, spec_b):

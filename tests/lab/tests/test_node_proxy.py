@@ -1,4 +1,9 @@
-"""proxy.py in process: router, key-auth, forwarding, Kong's headers by version."""
+"""proxy.py in process: router, key-auth, forwarding, Kong's headers by version.
+
+Emulator only: these drive the emulator's router and forwarding code directly, in the
+test process. What a user of a real node sees of the same (routes, key-auth, `Via`,
+regex paths before and after 3.0's migrations) is asserted on both providers by
+test_conformance.test_node_walk and test_node_process."""
 
 from __future__ import annotations
 
