@@ -102,9 +102,10 @@ def node_id_for(prefix: str) -> str:
 
 
 def keeps_node_id(conf: confmod.KongConf, version_info: versions.VersionInfo) -> bool:
-    """Only 3.x data planes persist their node id (`kong.id`, pdk/private/node.lua); every
-    other node draws a new one at each start (real 2.8.5, 3.4.2, 3.9.1)."""
-    return version_info.major >= 3 and conf.role == "data_plane"
+    """Only data planes persist their node id (`kong.id`, pdk/private/node.lua, from 3.1:
+    Kong/kong#9067); every other node draws a new one at each start (real 2.8.5, 3.4.2,
+    3.9.1)."""
+    return version_info.at_least(3, 1) and conf.role == "data_plane"
 
 
 def workers_cannot_enter(prefix: str, version_info: versions.VersionInfo) -> bool:

@@ -4,7 +4,8 @@ Kong's postgres connector prefixes its errors with `[PostgreSQL error] ` (the
 connector's `infos().strategy`). A failed connection while the CLI initialises the
 connector reads `[PostgreSQL error] failed to retrieve PostgreSQL server_version_num:
 <reason>`, where `<reason>` is the socket/driver error (`connection refused`,
-`timeout`, `authentication exchange unsuccessful` for a wrong password, as pgmoon says it).
+`timeout`, `receive_message: failed to get type: timeout` when the server accepts and
+never answers, `authentication exchange unsuccessful` for a wrong password, as pgmoon says it).
 
 The password is handed to psycopg2 as a parameter, never on a command line, and is
 never part of an error message.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import math
 import re
+import socket
 
 import psycopg2
 import psycopg2.extensions
@@ -72,6 +74,14 @@ def timeout_ms(conf: KongConf, override_ms: float | None = None) -> float:
     return conf.get_float("pg_timeout", 5000.0)
 
 
+def _tcp_connects(host: str, port: int, timeout: float) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=max(timeout, 0.5)):
+            return True
+    except OSError:
+        return False
+
+
 def connect(conf: KongConf, timeout: float | None = None, autocommit: bool = True,
             application_name: str = "kong") -> psycopg2.extensions.connection:
     """Open a connection from the Kong options; raise `PgConnectError` on failure.
@@ -97,7 +107,11 @@ def connect(conf: KongConf, timeout: float | None = None, autocommit: bool = Tru
     try:
         conn = psycopg2.connect(**params)
     except psycopg2.Error as exc:
-        raise PgConnectError(describe(exc)) from None
+        reason = describe(exc)
+        if reason == "timeout" and _tcp_connects(str(params["host"]), int(str(params["port"])), ms / 1000.0):
+            # connected, then no answer: pgmoon's read of the first message timed out (real 3.9.1)
+            reason = "receive_message: failed to get type: timeout"
+        raise PgConnectError(reason) from None
     conn.autocommit = autocommit
     try:
         with conn.cursor() as cur:

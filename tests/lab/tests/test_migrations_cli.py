@@ -206,6 +206,25 @@ def test_unreachable_database_and_wrong_password(kong: KongRunner, kong_db: Kong
 
 
 @BOTH
+def test_db_timeout_bounds_a_database_that_never_answers(kong: KongRunner, kong_db: KongDb) -> None:
+    """`--db-timeout` (seconds) is pg_timeout for the command: a server that accepts the
+    connection and never answers fails the command after it, with `timeout`."""
+    import socket
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # the kernel accepts; nothing ever answers
+        env = dict(kong_db.env, KONG_PG_PORT=str(silent.getsockname()[1]))
+        started = time.monotonic()
+        res = kong("3.9.1", "migrations", "list", "--db-timeout", "1", env=env)
+        elapsed = time.monotonic() - started
+    assert res.returncode == 1, res
+    assert res.stderr == ("Error: [PostgreSQL error] failed to retrieve PostgreSQL server_version_num: "
+                          "receive_message: failed to get type: timeout" + HINT), res
+    assert elapsed >= 1.0
+
+
+@BOTH
 def test_usage_errors(kong: KongRunner, kong_db: KongDb) -> None:
     res = kong("3.4.2", "migrations", "invalid", env=kong_db.env)
     assert res.returncode == 1
