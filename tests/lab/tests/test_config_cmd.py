@@ -180,6 +180,16 @@ def test_import_export_round_trip(kong: KongRunner, kong_db: KongDb, tmp_path: P
     for _ in range(2):  # an export carries every id: importing it again upserts by id
         res = kong("3.4.2", "config", "db_import", str(out), env=env)
         assert res.returncode == 0, res
+
+    # the .kong_env of a node's prefix is read (`kong prepare` writes it); KONG_* still win
+    prefix = tmp_path / "node-prefix"
+    res = kong("3.4.2", "prepare", env=dict(env, KONG_PREFIX=str(prefix)))
+    assert res.returncode == 0 and (prefix / ".kong_env").is_file(), res
+    again = tmp_path / "again.yml"
+    res = kong("3.4.2", "config", "db_export", str(again), "-p", str(prefix), env={"KONG_PG_PORT": "1"})
+    assert res.returncode == 1 and not again.exists(), "environment variables still override .kong_env"
+    res = kong("3.4.2", "config", "db_export", str(again), "-p", str(prefix))
+    assert res.returncode == 0 and yaml.safe_load(again.read_text(encoding="utf-8"))["services"], res
     assert kong_db.query("SELECT id::text FROM services") == [(service_id,)]
     assert kong_db.query("SELECT value FROM parameters WHERE key = 'cluster_id'")[0][0] == doc["parameters"][0]["value"]
     assert _counts(kong_db) == dict(counts, consumers=2)
@@ -192,20 +202,6 @@ def test_db_export_of_a_28_database_writes_format_21(kong: KongRunner, kong_db: 
     assert kong("2.8.5", "config", "db_export", str(out), env=kong_db.env).returncode == 0
     doc = yaml.safe_load(out.read_text(encoding="utf-8"))
     assert (doc["_format_version"], doc["_transform"]) == ("2.1", False)
-
-
-@BOTH
-def test_kong_env_of_a_running_prefix_is_used(kong: KongRunner, kong_db: KongDb, tmp_path: Path) -> None:
-    _bootstrap(kong, kong_db)
-    prefix = tmp_path / "node-prefix"
-    res = kong("3.4.2", "prepare", env=dict(kong_db.env, KONG_PREFIX=str(prefix)))  # writes .kong_env
-    assert res.returncode == 0 and (prefix / ".kong_env").is_file(), res
-    out = tmp_path / "export.yml"
-    res = kong("3.4.2", "config", "db_export", str(out), "-p", str(prefix), env={"KONG_PG_PORT": "1"})
-    assert res.returncode == 1, "environment variables still override .kong_env"
-    res = kong("3.4.2", "config", "db_export", str(out), "-p", str(prefix))
-    assert res.returncode == 0, res
-    assert out.exists()
 
 
 @BOTH

@@ -113,9 +113,10 @@ def _after_finish(old: str, new: str) -> dict[str, tuple[Any, list[str], list[st
 def test_upgrade_walk(kong: KongRunner, kong_db: KongDb, pair: Pair) -> None:
     env = kong_db.env
 
-    res = kong(pair.old, "migrations", "list", env=env)
-    assert res.returncode == 3, res
-    assert NEEDS_BOOTSTRAP in res.stdout
+    if pair.processed:
+        res = kong(pair.old, "migrations", "list", env=env)
+        assert res.returncode == 3, res
+        assert NEEDS_BOOTSTRAP in res.stdout
 
     res = kong(pair.old, "migrations", "bootstrap", env=env)
     assert res.returncode == 0, res
@@ -129,9 +130,10 @@ def test_upgrade_walk(kong: KongRunner, kong_db: KongDb, pair: Pair) -> None:
     assert not any(line.endswith("pending") for line in lines)
     assert _meta(kong_db) == _after_bootstrap(pair.old)
 
-    res = kong(pair.old, "migrations", "list", env=env)
-    assert res.returncode == 0, res
-    assert res.stdout.startswith("Executed migrations:\n")
+    if pair.processed:
+        res = kong(pair.old, "migrations", "list", env=env)
+        assert res.returncode == 0, res
+        assert res.stdout.startswith("Executed migrations:\n")
 
     res = kong(pair.new, "migrations", "list", env=env)
     if pair.processed:
@@ -221,18 +223,17 @@ def test_status_json_and_quiet(kong: KongRunner, kong_db: KongDb) -> None:
     assert sum(len(s["migrations"]) for s in state["new_migrations"]) == 58
     res = kong("3.4.2", "migrations", "list", "-q", env=env)
     assert res.returncode == 3 and NEEDS_BOOTSTRAP in res.stdout, res
-    res = kong("3.4.2", "migrations", "bootstrap", "--quiet", env=env)
-    assert res.returncode == 0 and res.stdout.endswith("58 executed\nDatabase is up-to-date\n"), res
-    assert kong("3.9.1", "migrations", "up", "-q", env=env).returncode == 0
-    res = kong("3.9.1", "migrations", "status", "-q", env=env)
+    res = kong("2.8.5", "migrations", "bootstrap", "--quiet", env=env)
+    assert res.returncode == 0 and res.stdout.endswith("43 executed\nDatabase is up-to-date\n"), res
+    assert kong("3.4.2", "migrations", "up", "-q", env=env).returncode == 0
+    res = kong("3.4.2", "migrations", "status", "-q", env=env)
     state = json.loads(res.stdout)
     assert set(state) == {"needs_bootstrap", "executed_migrations", "pending_migrations"}
     pending = {s["subsystem"]: s["migrations"] for s in state["pending_migrations"]}
-    assert pending == {"acme": ["003_350_to_360"], "ai-proxy": ["001_360_to_370"],
-                       "opentelemetry": ["001_331_to_332"], "rate-limiting": ["006_350_to_360"],
-                       "response-ratelimiting": ["001_350_to_360"]}
-    acme = next(s for s in state["pending_migrations"] if s["subsystem"] == "acme")
-    assert acme["namespace"] == "kong.plugins.acme.migrations"
+    assert pending == {"core": ["016_280_to_300"], "http-log": ["001_280_to_300"],
+                       "post-function": ["001_280_to_300"], "pre-function": ["001_280_to_300"]}
+    http_log = next(s for s in state["pending_migrations"] if s["subsystem"] == "http-log")
+    assert http_log["namespace"] == "kong.plugins.http-log.migrations"
 
 
 @pytest.mark.parametrize("provider", ["emulated", "real"])
@@ -282,7 +283,7 @@ def test_lock_per_subcommand(kong: KongRunner, kong_db: KongDb) -> None:
     env = kong_db.env
     _hold_lock(kong_db, 60)
     started = time.monotonic()
-    res = kong("3.4.2", "migrations", "bootstrap", "--lock-timeout", "30", env=env)
+    res = kong("2.8.5", "migrations", "bootstrap", "--lock-timeout", "30", env=env)
     assert time.monotonic() - started < 20
     assert res.returncode == 0, res
     assert res.stdout.splitlines() == ["Bootstrapping database...", ABORTED]
@@ -290,43 +291,43 @@ def test_lock_per_subcommand(kong: KongRunner, kong_db: KongDb) -> None:
     # the aborted bootstrap created schema_meta, empty: the database counts as bootstrapped,
     # with every migration new (a later `up` would run all of them)
     assert kong_db.query("SELECT count(*) FROM schema_meta") == [(0,)]
-    assert kong("3.4.2", "migrations", "list", env=env).returncode == 5
-    res = kong("3.4.2", "migrations", "bootstrap", env=env)
+    assert kong("2.8.5", "migrations", "list", env=env).returncode == 5
+    res = kong("2.8.5", "migrations", "bootstrap", env=env)
     assert (res.returncode, res.out) == (0, "Database already bootstrapped")
-    assert kong("3.4.2", "migrations", "reset", "--yes", env=env).returncode == 0
-    assert kong("3.4.2", "migrations", "bootstrap", env=env).returncode == 0
+    assert kong("2.8.5", "migrations", "reset", "--yes", env=env).returncode == 0
+    assert kong("2.8.5", "migrations", "bootstrap", env=env).returncode == 0
 
     _hold_lock(kong_db, 60)
-    proc = kong.popen("3.9.1", "migrations", "up", "--lock-timeout", "20", env=env)
+    proc = kong.popen("3.4.2", "migrations", "up", "--lock-timeout", "20", env=env)
     time.sleep(2.5)  # asserting that it waits: nothing to poll for
     assert proc.poll() is None, "up must wait for the lock"
     kong_db.query("DELETE FROM locks WHERE owner = 'other-node'")
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, (out, err)
     assert out.strip().splitlines()[-1] == ABORTED, out
-    assert kong("3.9.1", "migrations", "list", env=env).returncode == 5, "it ran nothing"
+    assert kong("3.4.2", "migrations", "list", env=env).returncode == 5, "it ran nothing"
 
     _hold_lock(kong_db, 120)
     started = time.monotonic()
-    res = kong("3.9.1", "migrations", "up", "--lock-timeout", "1", env=env)
+    res = kong("3.4.2", "migrations", "up", "--lock-timeout", "1", env=env)
     assert time.monotonic() - started >= 1.0
     assert (res.returncode, res.stderr) == (1, "Error: [PostgreSQL error] timeout" + HINT), res
 
     _hold_lock(kong_db, -5, owner="crashed-node")
-    res = kong("3.9.1", "migrations", "up", env=env)
-    assert res.returncode == 0 and "9 migrations processed" in res.stdout, res
+    res = kong("3.4.2", "migrations", "up", env=env)
+    assert res.returncode == 0 and "15 migrations processed" in res.stdout, res
     assert kong_db.query("SELECT count(*) FROM locks")[0][0] == 0, "the lock row is removed after the command"
 
     _hold_lock(kong_db, 60)
     started = time.monotonic()
-    res = kong("3.9.1", "migrations", "up", "--lock-timeout", "30", env=env)
+    res = kong("3.4.2", "migrations", "up", "--lock-timeout", "30", env=env)
     assert (res.returncode, res.stderr) == (1, PENDING_ERROR + HINT), res
-    res = kong("3.9.1", "migrations", "finish", "--lock-timeout", "30", env=env)
+    res = kong("3.4.2", "migrations", "finish", "--lock-timeout", "30", env=env)
     assert (res.returncode, res.out) == (0, ABORTED)
-    res = kong("3.9.1", "migrations", "reset", "--yes", env=env)
+    res = kong("3.4.2", "migrations", "reset", "--yes", env=env)
     assert (res.returncode, res.out) == (1, ABORTED)
     assert time.monotonic() - started < 20, "none of them waited for the lock"
-    assert kong("3.9.1", "migrations", "list", env=env).returncode == 4
+    assert kong("3.4.2", "migrations", "list", env=env).returncode == 4
 
 
 # ---------------------------------------------------------------------------
