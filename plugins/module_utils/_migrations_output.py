@@ -68,11 +68,25 @@ def parse_list(rc, stdout):
 
 
 def parse_status(stdout):
-    """Turn the JSON of `kong migrations status` (3.0+) into the same state dict."""
-    try:
-        doc = json.loads(stdout.strip().splitlines()[-1] if stdout.strip() else "")
-    except (ValueError, IndexError) as exc:
-        raise MigrationsOutputError("`kong migrations status` did not print JSON: %s" % exc) from exc
+    """Turn the JSON of `kong migrations status` (3.0+) into the same state dict.
+
+    The JSON is one line; real Kong 3.x may print other lines after it on a pipe (its
+    `prefix directory ... not found, trying to create it` comes last), so the last line
+    that parses as a JSON object is taken.
+    """
+    doc = None
+    error = "no output"
+    for line in reversed(stdout.strip().splitlines()):
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            doc = json.loads(line)
+            break
+        except ValueError as exc:
+            error = str(exc)
+    if doc is None:
+        raise MigrationsOutputError("`kong migrations status` did not print JSON: %s" % error)
     if not isinstance(doc, dict):
         raise MigrationsOutputError("`kong migrations status` printed JSON that is not an object")
     result = empty_state()

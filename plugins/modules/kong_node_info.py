@@ -19,7 +19,7 @@ description:
     C(control_plane) roles, whatever C(admin_listen) says). Such a node is read through its status listener
     (O(status_url)) and its prefix (O(prefix)). The version comes from the C(Server) header of C(GET /status), else
     from O(kong_executable); the role and the database from C(<prefix>/.kong_env), the settings C(kong start)
-    resolved; the node id from C(<prefix>/kong.id), where data planes keep it from Kong 3.4 (the id the control
+    resolved; the node id from C(<prefix>/kong.id), where data planes keep it from Kong 3.1 (the id the control
     plane lists).
   - Changes nothing.
 author:
@@ -120,7 +120,7 @@ node:
       type: str
       sample: 9f5bc1c5c7a2e9a8b2c9c8e1e5f0a1b2
     node_id:
-      description: The node's id (a data plane without an Admin API, from C(<prefix>/kong.id); null before Kong 3.4).
+      description: The node's id (a data plane without an Admin API, from C(<prefix>/kong.id); null before Kong 3.1).
       type: str
     hostname:
       description: The node's host name (null for a data plane without an Admin API).

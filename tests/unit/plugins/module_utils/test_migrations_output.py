@@ -74,3 +74,11 @@ def test_status_json_with_missing_keys_left_out():
 def test_status_that_is_not_json_is_an_error():
     with pytest.raises(MigrationsOutputError):
         parse_status("Error: boom")
+
+
+def test_status_json_followed_by_the_prefix_line_real_kong_prints_last():
+    # real Kong 3.x on a pipe, prefix not yet created: the JSON line, then the prefix message
+    doc = {"needs_bootstrap": False, "new_migrations": [{"subsystem": "core", "migrations": ["024_380_to_390"]}]}
+    out = json.dumps(doc) + "\nprefix directory /usr/local/kong not found, trying to create it\n"
+    state = parse_status(out)
+    assert state["state"] == "new" and state["new"] == {"core": ["024_380_to_390"]}
