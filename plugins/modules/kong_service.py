@@ -167,9 +167,10 @@ def read_log(path, offset):
 
 
 def probe(admin, status, data_plane=False):
-    """(ready, what was seen): /status/ready on the Status API, else /status on the Admin API. A data
-    plane is ready only once its control plane sent it a configuration; that it answers is enough here
-    (the rolling strategy waits for its sync with its own timeout and message)."""
+    """(ready, what was seen): /status/ready on the Status API, else /status on the Admin API (or on the
+    Status API, which serves it too, for a version without /status/ready such as 2.8). A data plane is
+    ready only once its control plane sent it a configuration; that it answers is enough here (the
+    rolling strategy waits for its sync with its own timeout and message)."""
     if status is not None:
         try:
             response = status.request("GET", "/status/ready")
@@ -177,18 +178,19 @@ def probe(admin, status, data_plane=False):
             return False, str(exc)
         if response.status == 200 or (data_plane and response.status == 503):
             return True, "%s/status/ready" % status.base_url
-        if response.status != 404 or admin is None:
+        if response.status != 404:
             body = response.json()
             message = body.get("message") if isinstance(body, dict) else None
             return False, "%s/status/ready answered %s%s" % (status.base_url, response.status,
                                                                ": %s" % message if message else "")
+    api = admin if admin is not None else status
     try:
-        response = admin.request("GET", "/status")
+        response = api.request("GET", "/status")
     except AdminApiError as exc:
         return False, str(exc)
     if response.status == 200:
-        return True, "%s/status" % admin.base_url
-    return False, "%s/status answered %s" % (admin.base_url, response.status)
+        return True, "%s/status" % api.base_url
+    return False, "%s/status answered %s" % (api.base_url, response.status)
 
 
 def wait_ready(module, cli, log_path, log_offset):
