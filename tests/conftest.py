@@ -8,12 +8,19 @@ the run directory ``<base run dir>-gwN``, where the base is what the environment
 before any test module imports ``labctl.paths``, which reads both once.
 
 A plain ``pytest`` run (no ``-n``) is one process and keeps the environment as it is.
+
+Under ``-n`` every test file runs whole on one worker (xdist's ``loadfile`` scheduling, unless
+``--dist`` asks for another than the default ``load``): many files bring up one lab in a
+module-scoped fixture and walk it through an upgrade test by test, which the default scheduling
+would split across workers (two labs per file, the order broken).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+import pytest
 
 _WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
 
@@ -26,3 +33,12 @@ if _WORKER.startswith("gw") and _WORKER[2:].isdigit():
     _base_dir = os.environ.get("KONG_LAB_RUN_DIR") or str(Path(__file__).resolve().parent / "lab" / "run")
     os.environ["KONG_LAB_NET"] = str(_net)
     os.environ["KONG_LAB_RUN_DIR"] = f"{_base_dir}-{_WORKER}"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    return LoadFileScheduling(config, log)

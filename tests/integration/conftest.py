@@ -1,10 +1,7 @@
 """pytest fixtures of the integration tests; the helpers are in itlab.py.
 
-Under pytest-xdist (`-n 2`), every test file runs whole on one worker (xdist's `loadfile`
-scheduling, unless `--dist` asks for another than the default `load`): a file brings up its lab
-once in a module-scoped fixture, and some files walk one lab through an upgrade test by test.
-This holds when pytest is started on this directory (this file is then read by the controller);
-a run of the whole `tests` tree needs `--dist loadfile`.
+Under pytest-xdist every test file runs whole on one worker (tests/conftest.py): a file brings up
+its lab once in a module-scoped fixture, and some files walk one lab through an upgrade test by test.
 """
 
 from __future__ import annotations
@@ -21,15 +18,6 @@ if str(HERE) not in sys.path:
 
 import ansible_runner  # noqa: E402
 from itlab import MANAGER, SECRETS  # noqa: E402
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
-    if config.getvalue("dist") != "load":
-        return None
-    from xdist.scheduler import LoadFileScheduling
-
-    return LoadFileScheduling(config, log)
 
 
 @pytest.fixture(scope="session", autouse=True)
