@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -43,18 +46,19 @@ def kit(tmp_path: Path) -> Path:
 
 
 @pytest.fixture()
-def env(kit: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    cache = tmp_path / "cache"
-    values = {"KONG_LAB_REALKONG_KIT": str(kit), "KONG_LAB_REAL_KONG_CACHE": str(cache)}
+def env(kit: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    # pytest's base temp is 0700, which the provider refuses for a cache (nginx's workers, as
+    # nobody, could not read a build there): the cache goes to a directory of its own others can enter.
+    open_dir = Path(tempfile.mkdtemp(prefix="kongops-realkong-test-"))
+    open_dir.chmod(0o755)
+    values = {"KONG_LAB_REALKONG_KIT": str(kit), "KONG_LAB_REAL_KONG_CACHE": str(open_dir / "cache")}
     for key in list(os.environ):
         if key.startswith("KONG_LAB_KONG_"):
             monkeypatch.delenv(key)
     for key, value in values.items():
         monkeypatch.setenv(key, value)
-    os.chmod(tmp_path, 0o755)  # pytest's base temp is 0700: the provider refuses what nobody cannot enter
-    os.chmod(tmp_path.parent, 0o755)
-    os.chmod(tmp_path.parent.parent, 0o755)
-    return values
+    yield values
+    shutil.rmtree(open_dir, ignore_errors=True)
 
 
 def installed(root: Path, version: str) -> Path:
@@ -170,9 +174,9 @@ def test_virtual_rust_feature_packages_are_checked_by_their_provider() -> None:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="as an ordinary user nginx's workers run as that user")
-def test_a_cache_others_cannot_enter_is_refused_as_root(tmp_path: Path, kit: Path, env: dict[str, str],
+def test_a_cache_others_cannot_enter_is_refused_as_root(kit: Path, env: dict[str, str],
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    closed = tmp_path / "closed"
+    closed = Path(env["KONG_LAB_REAL_KONG_CACHE"]).parent / "closed"
     closed.mkdir(mode=0o700)
     monkeypatch.setenv("KONG_LAB_REAL_KONG_CACHE", str(closed / "cache"))
     with pytest.raises(realkong.RealKongMissing, match="nginx's unprivileged workers cannot enter"):
