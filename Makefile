@@ -8,12 +8,11 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum < requirements-dev.txt | cut -d' ' -f1)
 LAB := tests/lab/lab
 PYTEST_ARGS ?=
-# pytest-xdist workers for `make pytest` (0: one process, the default). With N > 0 each worker
-# brings up its own lab (tests/conftest.py gives worker N the lab net KONG_LAB_NET+N); the e2e
-# tests finish 1.37x sooner with 2 workers on 2 cores, but the 500 requests/s drain test in
-# tests/integration/test_lb_weight.py is not yet reliable next to another lab, so the default
-# stays 0 until it is.
-PYTEST_WORKERS ?= 0
+# pytest-xdist workers for `make pytest` (0: one process). Each worker brings up its own lab
+# (tests/conftest.py gives worker N the lab net KONG_LAB_NET+N) and runs whole test files
+# (their module-scoped labs); real Kong's nodes leave CPU to spare, so two workers on 2 cores
+# finish the suite sooner.
+PYTEST_WORKERS ?= 2
 # Molecule scenario for `make molecule` (molecule/<name>); `make test` runs the default one.
 SCENARIO ?= in_place
 
