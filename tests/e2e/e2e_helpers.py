@@ -168,3 +168,44 @@ def echoed_headers(base_url: str, path: str, headers: dict[str, str] | None = No
         if via:
             seen["via"] = response.headers.get("Via", "")
     return seen
+
+
+def admin_call(method: str, url: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+    """One Admin API request with a JSON body: (status, decoded answer)."""
+    request = urllib.request.Request(url, method=method, data=json.dumps(body).encode() if body else None,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 (loopback lab URL)
+        return response.status, json.loads(response.read() or b"{}")
+
+
+def read_report(lab: Any, x_version: str, y_version: str) -> dict[str, Any]:
+    """The JSON report of the run from ``x_version`` to ``y_version`` (its default run id)."""
+    return json.loads((lab.run_dir / "reports" / f"kong-{x_version}-to-{y_version}.json").read_text())
+
+
+def assert_upgraded(lab: Any, summary: dict[str, Any], y_version: str) -> None:
+    """The load saw no failed request, more than 1000 requests and answers from Y; every Y node
+    runs ``y_version`` and every X node is stopped."""
+    assert summary["failed"] == 0, summary["failed_by_reason"]
+    assert summary["requests"] > 1000
+    assert summary["ok_by_version"].get(y_version, 0) > 0, summary["by_version"]
+    for name, host in lab.hosts("kong_y").items():
+        assert admin_version(host["kong_admin_url"]) == y_version, name
+    for name, host in lab.hosts("kong_x").items():
+        assert admin_version(host["kong_admin_url"]) is None, f"{name} still answers after decommission"
+
+
+def assert_back_on_x(lab: Any, x_version: str) -> None:
+    """After a rollback: all traffic on X with no failure, Y stopped, every X node on ``x_version``,
+    X's database as X's binary wants it (up to date: no `finish` ran), the freeze lifted."""
+    from ansible_runner import run_module  # tests/integration, put on sys.path by conftest.py
+
+    assert_serving(lab, x_version, "kong_y")
+    for name, host in lab.hosts("kong_x").items():
+        assert admin_version(host["kong_admin_url"]) == x_version, name
+    x1 = lab.host("x1")
+    migrations = run_module("kong_migrations", {"kong_executable": x1["kong_executable"],
+                                                "conf": x1["kong_conf_path"], "state": "status"})
+    assert migrations["state_before"]["state"] == "up_to_date", migrations["state_before"]
+    freeze = run_module("kong_config_freeze", dict(pg_args(lab), state="status"))
+    assert not freeze.failed and freeze["frozen"] is False

@@ -7,11 +7,21 @@ from __future__ import annotations
 
 import json
 import os
-import urllib.request
 
 import pytest
 from ansible_runner import run_module
-from e2e_helpers import admin_version, assert_serving, fast_gate, pg_args, run_playbook, run_under_load, wrap_kong, y_overload_fault
+from e2e_helpers import (
+    admin_call,
+    admin_version,
+    assert_back_on_x,
+    fast_gate,
+    pg_args,
+    read_report,
+    run_playbook,
+    run_under_load,
+    wrap_kong,
+    y_overload_fault,
+)
 from labfixtures import running_lab
 
 from labctl.load import LoadGenerator
@@ -26,7 +36,7 @@ def _extra(lab, **more):
 
 
 def _report(lab):
-    return json.loads((lab.run_dir / "reports" / f"kong-{X}-to-{Y}.json").read_text())
+    return read_report(lab, X, Y)
 
 
 def _locked_directory(tmp_path):
@@ -61,15 +71,7 @@ def _assert_rolled_back(lab, run, phase, said):
     assert f"failed in phase '{phase}'" in run.stdout, run.explain()
     assert said in run.stdout, run.explain()
     assert "Fix the cause and run the playbook again" in run.stdout
-    assert_serving(lab, X, "kong_y")
-    for name, host in lab.hosts("kong_x").items():
-        assert admin_version(host["kong_admin_url"]) == X, name
-    freeze = run_module("kong_config_freeze", dict(pg_args(lab), state="status"))
-    assert not freeze.failed and freeze["frozen"] is False
-    x1 = lab.host("x1")
-    migrations = run_module("kong_migrations", {"kong_executable": x1["kong_executable"],
-                                                "conf": x1["kong_conf_path"], "state": "status"})
-    assert migrations["state_before"]["state"] == "up_to_date"
+    assert_back_on_x(lab, X)
     report = _report(lab)
     assert report["status"] == "failed, rolled back to X"
     assert report["failure"]["phase"] == phase
@@ -128,13 +130,6 @@ def test_failure_past_point_of_no_return_is_reported_and_the_next_run_completes(
         assert statuses == ["failed after the point of no return", "succeeded"], history
 
 
-def _admin(method, url, body=None):
-    request = urllib.request.Request(url, method=method, data=json.dumps(body).encode() if body else None,
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 (loopback lab URL)
-        return response.status, json.loads(response.read() or b"{}")
-
-
 def test_a_failing_smoke_test_rolls_back_and_writes_made_after_it_reach_y_through_a_new_backup(tmp_path):
     """A smoke test that fails (Y does not answer what the operator expects) returns traffic to X and
     thaws X's database; admins write to it; the next run must not reuse the backup taken before
@@ -149,7 +144,7 @@ def test_a_failing_smoke_test_rolls_back_and_writes_made_after_it_reach_y_throug
         first_backup = _report(lab)["backup"]
 
         x1_admin = lab.host("x1")["kong_admin_url"]
-        status, created = _admin("POST", x1_admin + "/services",
+        status, created = admin_call("POST", x1_admin + "/services",
                                  {"name": "added-after-the-rollback", "url": "http://127.0.0.1:9/"})
         assert status == 201, created
 
@@ -167,6 +162,6 @@ def test_a_failing_smoke_test_rolls_back_and_writes_made_after_it_reach_y_throug
         assert (lab.run_dir / "backups" / f"{backup['superseded']}.kong.yml").is_file()
         assert backup["row_counts"]["services"] == first_backup["row_counts"]["services"] + 1
         for name, host in lab.hosts("kong_y").items():
-            status, service = _admin("GET", host["kong_admin_url"] + "/services/added-after-the-rollback")
+            status, service = admin_call("GET", host["kong_admin_url"] + "/services/added-after-the-rollback")
             assert status == 200 and service["id"] == created["id"], name
         assert os.path.isfile(lab.run_dir / "reports" / f"kong-{X}-to-{Y}.md")

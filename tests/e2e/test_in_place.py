@@ -5,11 +5,22 @@ of Y's kong, a PostgreSQL trigger."""
 
 from __future__ import annotations
 
-import json
 import socket
 
 from ansible_runner import run_module
-from e2e_helpers import admin_version, assert_serving, echoed_headers, fast_gate, pg_args, run_playbook, run_under_load, sql, wrap_kong
+from e2e_helpers import (
+    admin_version,
+    assert_back_on_x,
+    assert_serving,
+    echoed_headers,
+    fast_gate,
+    pg_args,
+    read_report,
+    run_playbook,
+    run_under_load,
+    sql,
+    wrap_kong,
+)
 from labfixtures import running_lab
 
 # 3.4.2 -> 3.9.1 skips minors, which Kong does not guarantee: the run needs the override.
@@ -22,7 +33,7 @@ def _extra(lab, **more):
 
 
 def _report(lab):
-    return json.loads((lab.run_dir / "reports" / f"kong-{X}-to-{Y}.json").read_text())
+    return read_report(lab, X, Y)
 
 
 def _assert_restored_to_x(lab, run, phase, summary=None):
@@ -35,15 +46,7 @@ def _assert_restored_to_x(lab, run, phase, summary=None):
     if summary is not None:
         # Requests failed only while no Kong served (the LB answers 503, or 502 for a node that went away).
         assert set(summary["failed_by_reason"]) <= {"http_503", "http_502"}, summary["failed_by_reason"]
-    assert_serving(lab, X, "kong_y")
-    for name, host in lab.hosts("kong_x").items():
-        assert admin_version(host["kong_admin_url"]) == X, name
-    x1 = lab.host("x1")
-    migrations = run_module("kong_migrations", {"kong_executable": x1["kong_executable"],
-                                                "conf": x1["kong_conf_path"], "state": "status"})
-    assert migrations["state_before"]["state"] == "up_to_date", migrations["state_before"]
-    freeze = run_module("kong_config_freeze", dict(pg_args(lab), state="status"))
-    assert not freeze.failed and freeze["frozen"] is False
+    assert_back_on_x(lab, X)
     report = _report(lab)
     assert report["status"] == "failed, rolled back to X"
     assert report["failure"]["phase"] == phase
