@@ -16,7 +16,7 @@ PYTEST_WORKERS ?= 2
 # Molecule scenario for `make molecule` (molecule/<name>); `make test` runs the default one.
 SCENARIO ?= in_place
 
-.PHONY: help setup system-packages real-kong demo test lint ruff ansible-lint sanity pytest molecule lab-down clean
+.PHONY: help setup system-packages real-kong demo test lint ruff ansible-lint sanity pytest test-times molecule lab-down clean
 
 help:
 	@echo "make demo    lab up (real Kong 3.4.2 -> 3.9.1), dual-cluster upgrade under load, report, lab down"
@@ -64,6 +64,11 @@ sanity:
 
 pytest:
 	$(PY) -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
+	@$(PY) tests/durations.py
+
+# Suite time by directory and every e2e test's time, from the last `make pytest`.
+test-times:
+	@$(PY) tests/durations.py
 
 # Create (lab up), converge (the upgrade playbook), idempotence, verify, destroy (lab down);
 # honours KONG_LAB_NET and KONG_LAB_RUN_DIR. See molecule/README.md.
