@@ -181,8 +181,8 @@ def probe(admin, status, data_plane=False):
         if response.status != 404:
             body = response.json()
             message = body.get("message") if isinstance(body, dict) else None
-            return False, "%s/status/ready answered %s%s" % (status.base_url, response.status,
-                                                               ": %s" % message if message else "")
+            detail = ": %s" % message if message else ""
+            return False, "%s/status/ready answered %s%s" % (status.base_url, response.status, detail)
     api = admin if admin is not None else status
     try:
         response = api.request("GET", "/status")

@@ -145,7 +145,7 @@ def test_a_failing_smoke_test_rolls_back_and_writes_made_after_it_reach_y_throug
 
         x1_admin = lab.host("x1")["kong_admin_url"]
         status, created = admin_call("POST", x1_admin + "/services",
-                                 {"name": "added-after-the-rollback", "url": "http://127.0.0.1:9/"})
+                                     {"name": "added-after-the-rollback", "url": "http://127.0.0.1:9/"})
         assert status == 201, created
 
         again, summary = run_under_load(lab, "upgrade_dual_cluster", extra, tmp_path)

@@ -508,6 +508,7 @@ def plugin_version(name: str, info: Any) -> str:
         return "0.1.0"
     return str(info.version)
 
+
 PLUGIN_CONFIG_DEFAULTS: dict[str, dict[str, Any]] = {
     "key-auth": {"key_names": ["apikey"], "hide_credentials": False, "anonymous": None,
                  "key_in_header": True, "key_in_query": True, "key_in_body": False,

@@ -89,6 +89,7 @@ CLUSTER_EVENTS_TTL = 3600  # seconds an invalidation event is kept
 # ---------------------------------------------------------------------------
 # DDL of core 000_base
 
+
 def base_ddl() -> list[str]:
     """The statements of `core 000_base` up: every table."""
     return [

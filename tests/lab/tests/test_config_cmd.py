@@ -177,7 +177,7 @@ def test_import_export_round_trip(kong: KongRunner, kong_db: KongDb, tmp_path: P
 
     assert kong("3.4.2", "migrations", "reset", "--yes", env=env).returncode == 0
     _bootstrap(kong, kong_db)
-    for _ in range(2):  # an export carries every id: importing it again upserts by id
+    for _attempt in range(2):  # an export carries every id: importing it again upserts by id
         res = kong("3.4.2", "config", "db_import", str(out), env=env)
         assert res.returncode == 0, res
 

@@ -75,8 +75,7 @@ def _seed(kong: KongRunner, kong_db: KongDb, tmp_path: Path, version: str, text:
 
 
 @pytest.mark.parametrize("provider", ["emulated", "real"])
-def test_28_to_34_regex_paths_in_up_plugin_configs_in_finish(kong: KongRunner, kong_db: KongDb,
-                                                            tmp_path: Path) -> None:
+def test_28_to_34_regex_paths_in_up_plugin_configs_in_finish(kong: KongRunner, kong_db: KongDb, tmp_path: Path) -> None:
     _seed(kong, kong_db, tmp_path, "2.8.5", SEED_28)
     assert _config(kong_db, "pre-function")["functions"] == ["kong.response.set_header('X-Pre', '1')"]
     assert _config(kong_db, "http-log")["headers"] == {"X-Two": ["a", "b"], "X-Empty": {}}, "cjson: [] is {}"
@@ -96,8 +95,8 @@ def test_28_to_34_regex_paths_in_up_plugin_configs_in_finish(kong: KongRunner, k
 
 
 @pytest.mark.parametrize(("provider", "new"), provider_params(["3.9.1"]) + provider_params(["3.7.0"], ("emulated",)))
-def test_34_to_37_plus_redis_fields_moved_in_up_removed_in_finish(kong: KongRunner, kong_db: KongDb, tmp_path: Path,
-                                                                 new: str) -> None:
+def test_34_to_37_plus_redis_fields_moved_in_up_removed_in_finish(
+        kong: KongRunner, kong_db: KongDb, tmp_path: Path, new: str) -> None:
     _seed(kong, kong_db, tmp_path, "3.4.2", SEED_34)
     assert kong(new, "migrations", "up", env=kong_db.env).returncode == 0
     limits = _config(kong_db, "rate-limiting")

@@ -110,7 +110,7 @@ def test_two_processes_asking_at_once_build_once(kit: Path, env: dict[str, str],
         except BaseException as exc:  # reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=ask) for _ in range(3)]
+    threads = [threading.Thread(target=ask) for _asker in range(3)]
     for thread in threads:
         thread.start()
     for thread in threads:
