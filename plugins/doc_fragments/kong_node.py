@@ -32,6 +32,9 @@ options:
       - Values are passed in the process environment, never on a command line. Values of settings whose name
         says they are secret (C(pg_password), anything with C(password), C(secret), C(token) or C(_key)) are
         masked wherever Ansible shows the module's arguments; prefer O(pg_password) for the database password.
+      - C(KONG_*) variables of the module's own environment (with a local connection, the controller's, such as
+        E(KONG_ADMIN_TOKEN)) are not passed to the CLI, because Kong writes every C(KONG_*) variable it gets into
+        C(<prefix>/.kong_env). Give node settings in C(kong.conf) or in this option.
     type: dict
     default: {}
   pg_password:

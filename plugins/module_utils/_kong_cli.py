@@ -133,7 +133,16 @@ class KongCli:
 
     def run(self, args, **argv_options):
         argv = self.argv(args, **argv_options)
-        rc, out, err = self.module.run_command(argv, environ_update=self.environment, check_rc=False)
+        # Kong reads every KONG_* variable of its environment as a setting and writes them all to
+        # <prefix>/.kong_env. The module's own environment is the caller's (with a local
+        # connection, the controller's: KONG_ADMIN_TOKEN, KONG_PG_PASSWORD, ...), so those are
+        # not passed on: the CLI gets the node's kong.conf and the settings given to the module.
+        inherited = {name: os.environ.pop(name) for name in list(os.environ)
+                     if name.upper().startswith("KONG_") and name not in self.environment}
+        try:
+            rc, out, err = self.module.run_command(argv, environ_update=self.environment, check_rc=False)
+        finally:
+            os.environ.update(inherited)
         return CommandResult(argv, rc, out or "", err or "")
 
     def version(self):

@@ -14,6 +14,10 @@ import re
 # Long-term-support lines, in order (kong-facts 7.1: 2.8 -> 3.4 -> 3.10 -> 3.14).
 LTS_LINES = ((2, 8), (3, 4), (3, 10), (3, 14))
 
+# The newest release line these rules know of (kong-facts 7.1: 3.14, an Enterprise LTS). A later
+# version cannot be planned: its releases, LTS lines and migrations are unknown here.
+LATEST_LINE = (3, 14)
+
 _VERSION_RE = re.compile(
     r"^\s*(?:kong(?:\s+enterprise)?[\s/]+)?(\d+)\.(\d+)\.(\d+)(?:\.(\d+))?"
     r"(?:-enterprise-edition)?\s*$",
@@ -91,13 +95,22 @@ def classify_path(current, target):
     """Classify an upgrade from ``current`` to ``target`` as Kong documents it.
 
     Returns a dict: ``kind`` (one of none, patch, minor, major, lts, unsupported,
-    downgrade), ``supported`` (bool), ``reason`` (a sentence for the operator) and
+    downgrade, unknown), ``supported`` (bool), ``reason`` (a sentence for the operator) and
     ``steps`` (the release lines to go through when the path is not supported).
     """
     cur = current if isinstance(current, KongVersion) else KongVersion.parse(current)
     tgt = target if isinstance(target, KongVersion) else KongVersion.parse(target)
     result = {"from": str(cur), "to": str(tgt), "steps": []}
-    if tgt == cur:
+    unknown = [str(v) for v in (cur, tgt) if v.minor_line > LATEST_LINE]
+    if unknown:
+        result.update(
+            kind="unknown",
+            supported=False,
+            reason="%s is later than the newest Kong release line these rules know (%d.%d), so no upgrade path "
+            "can be planned to or from it. Check the version for a typo, or use a release of this collection "
+            "that knows it" % (" and ".join(unknown), LATEST_LINE[0], LATEST_LINE[1]),
+        )
+    elif tgt == cur:
         result.update(kind="none", supported=True, reason="%s is already the target version" % cur)
     elif tgt < cur:
         result.update(

@@ -11,7 +11,8 @@ short_description: Check an upgrade path and strategy against Kong's documented 
 version_added: 1.0.0
 description:
   - Classifies the upgrade from O(x_version) to O(y_version) (patch, adjacent minor, adjacent LTS, major, unsupported,
-    downgrade) as Kong documents it, says which strategies are allowed for the deployment O(mode), and names the
+    downgrade, or unknown when a line is later than 3.14, the newest these rules know) as Kong documents it, says which
+    strategies are allowed for the deployment O(mode), and names the
     intermediate release lines when the path is not direct.
   - Fails, before anything changes, when the path or the strategy is not allowed, unless an override is set, in which
     case it warns loudly.

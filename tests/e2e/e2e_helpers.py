@@ -15,6 +15,8 @@ from ansible_runner import ansible_env  # tests/integration, put on sys.path by 
 
 REPO = Path(__file__).resolve().parents[2]
 
+CONTROLLER_TOKEN = "controller-admin-token-7f3e9a"
+
 RECAP = re.compile(r"^localhost\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
 
 
@@ -39,9 +41,26 @@ def run_playbook(name: str, inventory: Path, extra_vars: dict[str, Any], tmp_pat
     vars_file.chmod(0o600)
     argv = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(inventory),
             str(REPO / "playbooks" / f"{name}.yml"), "-e", f"@{vars_file}"] + (["--check"] if check else [])
+    # A controller with an Admin API token in its environment, as an operator's shell may have:
+    # it must reach no node (Kong writes every KONG_* variable it gets into <prefix>/.kong_env).
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=REPO,
-                          env=ansible_env(), check=False)
+                          env=ansible_env({"KONG_ADMIN_TOKEN": CONTROLLER_TOKEN}), check=False)
     return PlaybookRun(proc)
+
+
+def assert_no_controller_secret_on_nodes(lab: Any) -> None:
+    """No file in any Kong node's prefix (``.kong_env``, logs, nginx confs) holds the controller's token."""
+    nodes = {name: host for group in lab.inventory["all"]["children"]
+             for name, host in lab.hosts(group).items() if host.get("kong_prefix")}
+    assert nodes
+    for name, host in nodes.items():
+        prefix = Path(host["kong_prefix"])
+        if not prefix.is_dir():
+            continue
+        for path in prefix.rglob("*"):
+            if path.is_file() and not path.is_symlink() and path.stat().st_size < 50_000_000:
+                assert CONTROLLER_TOKEN.encode() not in path.read_bytes(), \
+                    f"the controller's KONG_ADMIN_TOKEN was written to {path} on {name}"
 
 
 def admin_version(admin_url: str) -> str | None:
@@ -193,6 +212,7 @@ def assert_upgraded(lab: Any, summary: dict[str, Any], y_version: str) -> None:
         assert admin_version(host["kong_admin_url"]) == y_version, name
     for name, host in lab.hosts("kong_x").items():
         assert admin_version(host["kong_admin_url"]) is None, f"{name} still answers after decommission"
+    assert_no_controller_secret_on_nodes(lab)
 
 
 def assert_back_on_x(lab: Any, x_version: str) -> None:

@@ -60,3 +60,29 @@ def test_error_log_path_follows_proxy_error_log():
     assert error_log_path({"proxy_error_log": "syslog:server=127.0.0.1"}, "/p") is None
     assert error_log_path({"proxy_error_log": "/dev/stderr"}, "/p") is None
     assert error_log_path({}, None) is None
+
+
+def test_the_callers_kong_variables_do_not_reach_the_cli(monkeypatch, tmp_path):
+    # Kong writes every KONG_* variable of its environment into <prefix>/.kong_env; the module's
+    # environment is the caller's (the controller's, with a local connection).
+    import os
+
+    seen = {}
+
+    class RunModule(FakeModule):
+        def run_command(self, argv, environ_update=None, check_rc=False):
+            seen.update(os.environ)
+            seen.update(environ_update or {})
+            return 0, "", ""
+
+    monkeypatch.setenv("KONG_ADMIN_TOKEN", "controller-token")
+    monkeypatch.setenv("KONG_PROXY_LISTEN", "0.0.0.0:1")
+    monkeypatch.setenv("PATH_MARKER", "kept")
+    kong = tmp_path / "kong"
+    kong.write_text("#!/bin/sh\n")
+    kong.chmod(0o755)
+    cli = KongCli(RunModule({}), str(kong), environment={"pg_database": "kong_y"}, pg_password="pw")
+    cli.run(["start"])
+    assert "KONG_ADMIN_TOKEN" not in seen and "KONG_PROXY_LISTEN" not in seen
+    assert seen["KONG_PG_DATABASE"] == "kong_y" and seen["KONG_PG_PASSWORD"] == "pw" and seen["PATH_MARKER"] == "kept"
+    assert os.environ["KONG_ADMIN_TOKEN"] == "controller-token", "the module's own environment is put back"

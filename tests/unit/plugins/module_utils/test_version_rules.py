@@ -137,3 +137,11 @@ def test_intermediate_hops(cur, tgt, steps):
 def test_enterprise_four_part_versions_compare_on_all_parts():
     assert KongVersion.parse("3.4.3.1") < KongVersion.parse("3.4.3.2")
     assert classify_path("3.4.3.1", "3.4.3.5")["kind"] == "patch"
+
+
+@pytest.mark.parametrize("cur, tgt", [("3.9.1", "3.99.0"), ("3.15.0", "3.15.1"), ("4.0.0", "4.1.0")])
+def test_a_version_past_the_newest_known_line_gets_no_invented_path(cur, tgt):
+    result = classify_path(cur, tgt)
+    assert result["kind"] == "unknown" and not result["supported"] and result["steps"] == []
+    assert "later than the newest Kong release line these rules know (3.14)" in result["reason"]
+    assert classify_path("3.10.0", "3.14.0")["kind"] == "lts"
