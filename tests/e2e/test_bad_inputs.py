@@ -1,0 +1,182 @@
+"""Bad inputs on real Kong, table-driven: each is refused with a message that names the problem and
+the fix, and changes nothing (database rows, schema_meta, databases, freeze, load balancer weights,
+node processes and versions, backups and reports).
+
+One lab (3.9.0 -> 3.9.1, a patch upgrade every strategy allows, 2 X + 2 Y, HAProxy) serves every
+case: a refusal that changed anything would show up in the snapshot taken after it.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+import yaml
+from ansible_runner import run_module
+from e2e_helpers import admin_version, fast_gate, pg_args, run_playbook, sql
+from labfixtures import running_lab
+
+X, Y = "3.9.0", "3.9.1"
+LAB = ("--x-version", X, "--y-version", Y, "--x-nodes", "2", "--y-nodes", "2")
+DONE = "Nothing has changed"
+STEPS = "must be a list of percentages of traffic on Y"
+
+
+def _haproxy_servers(lab) -> list[tuple[str, str, str]]:
+    """(server, operational state, weight) of every server in the Kong backend, from HAProxy's socket."""
+    lb = lab.lb
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(5)
+        sock.connect(lb["kong_lb_haproxy_socket"])
+        sock.sendall(f"show servers state {lb.get('kong_lb_backend', 'kong_proxy')}\n".encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    rows = [line.split() for line in data.decode().splitlines()[2:] if line.strip()]
+    # columns: be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight ...
+    return sorted((row[3], row[5] + "/" + row[6], row[7]) for row in rows)
+
+
+def _nginx_pid(host) -> str | None:
+    pidfile = Path(host["kong_prefix"]) / "pids" / "nginx.pid"
+    return pidfile.read_text().strip() if pidfile.exists() else None
+
+
+def _snapshot(lab) -> dict:
+    tables = ("services", "routes", "plugins", "consumers", "keyauth_credentials", "upstreams", "targets",
+              "locks")
+    nodes = {**lab.hosts("kong_x"), **lab.hosts("kong_y")}
+    return {
+        "rows": {table: sql(lab, f"SELECT count(*) FROM {table}")[0][0] for table in tables},  # noqa: S608 (fixed names)
+        "schema_meta": sql(lab, "SELECT key, subsystem, executed, pending FROM schema_meta ORDER BY key, subsystem"),
+        "databases": sql(lab, "SELECT datname FROM pg_database ORDER BY datname"),
+        "freeze": run_module("kong_config_freeze", dict(pg_args(lab), state="status"))["frozen"],
+        "lb": _haproxy_servers(lab),
+        "versions": {name: admin_version(host["kong_admin_url"]) for name, host in nodes.items()},
+        # A node stopped, started or restarted gets another nginx master pid (or none).
+        "pids": {name: _nginx_pid(host) for name, host in nodes.items()},
+        "files": sorted(str(p) for d in ("backups", "reports") for p in (lab.run_dir / d).rglob("*")
+                        if (lab.run_dir / d).exists()),
+    }
+
+
+def _inventory(lab, tmp_path, label, edit):
+    inventory = yaml.safe_load(lab.inventory_path.read_text())
+    edit(inventory["all"]["children"])
+    path = tmp_path / f"inventory-{label}.yml"
+    path.write_text(yaml.safe_dump(inventory), encoding="utf-8")
+    path.chmod(0o600)
+    return path
+
+
+def _set(host, **values):
+    def edit(groups):
+        for group in groups.values():
+            if host in (group.get("hosts") or {}):
+                group["hosts"][host].update(values)
+                for name, value in values.items():
+                    if value is None:
+                        del group["hosts"][host][name]
+    return edit
+
+
+def _copy(host, source, variable):
+    def edit(groups):
+        hosts = {name: values for group in groups.values() for name, values in (group.get("hosts") or {}).items()}
+        hosts[host][variable] = hosts[source][variable]
+    return edit
+
+
+DUAL, BG, IN_PLACE = "upgrade_dual_cluster", "upgrade_blue_green", "upgrade_in_place"
+
+# (id, playbook, extra variables, inventory edit or None, words the message must hold)
+CASES = [
+    ("x-group-missing", DUAL, {"kong_upgrade_x_group": "kong_old"}, None,
+     ["The X nodes' group 'kong_old'", "the inventory has", "Set kong_upgrade_x_group", DONE]),
+    ("x-group-empty", BG, {"kong_upgrade_x_group": ""}, None, ["The X nodes' group ''", DONE]),
+    ("y-group-missing", IN_PLACE, {"kong_upgrade_y_group": "kong_new"}, None,
+     ["the Y nodes' group 'kong_new'", "kong_x, kong_y", DONE]),
+    ("y-group-missing-plan", "plan", {"kong_upgrade_y_group": "kong_new"}, None, ["the Y nodes' group 'kong_new'"]),
+    ("x-equals-y", DUAL, {"kong_upgrade_y_version": X}, None,
+     [f"X and Y are both {X}: there is nothing to upgrade", DONE]),
+    ("x-equals-y-plan", "plan", {"kong_upgrade_x_version": Y}, None, [f"X and Y are both {Y}"]),
+    ("y-version-not-a-version", BG, {"kong_upgrade_y_version": "latest"}, None,
+     ["(latest) must be Kong versions such as 3.4.2", DONE]),
+    ("steps-decreasing", DUAL, {"kong_upgrade_traffic_steps": [50, 10]}, None, ["is [50, 10]", STEPS, DONE]),
+    ("steps-zero", BG, {"kong_upgrade_traffic_steps": [0]}, None, ["is [0]", STEPS]),
+    ("steps-over-100", DUAL, {"kong_upgrade_traffic_steps": [150]}, None, ["is [150]", STEPS]),
+    ("steps-empty", BG, {"kong_upgrade_traffic_steps": []}, None, ["is []", STEPS]),
+    ("steps-negative", DUAL, {"kong_upgrade_traffic_steps": [-10, 100]}, None, ["is [-10, 100]", STEPS]),
+    ("steps-repeated", DUAL, {"kong_upgrade_traffic_steps": [10, 10, 100]}, None, ["is [10, 10, 100]", STEPS]),
+    ("steps-not-ending-at-100", BG, {"kong_upgrade_traffic_steps": [10, 50]}, None, ["the last one 100"]),
+    ("steps-a-string", DUAL, {"kong_upgrade_traffic_steps": "10,50,100"}, None, ['is "10,50,100"', STEPS]),
+    # The role's argument spec refuses it first (elements: float), naming the option.
+    ("steps-not-numbers", DUAL, {"kong_upgrade_traffic_steps": ["ten", 100]}, None,
+     ["option 'kong_upgrade_traffic_steps'", "unable to convert to float"]),
+    ("steps-plan", "plan", {"kong_upgrade_strategy": "dual_cluster", "kong_upgrade_traffic_steps": [50, 10]}, None,
+     [STEPS]),
+    ("min-duration-negative", DUAL, {"kong_upgrade_gate_min_duration": -1}, None,
+     ['kong_upgrade_gate_min_duration is -1', "0 or more (seconds)", DONE]),
+    ("max-below-min", BG, {"kong_upgrade_gate_min_duration": 30, "kong_upgrade_gate_max_duration": 10}, None,
+     ["kong_upgrade_gate_max_duration (10 s) is shorter than kong_upgrade_gate_min_duration (30 s)", DONE]),
+    ("max-duration-zero", DUAL, {"kong_upgrade_gate_min_duration": 0, "kong_upgrade_gate_max_duration": 0}, None,
+     ["kong_upgrade_gate_max_duration is 0", "above 0"]),
+    ("drain-negative", DUAL, {"kong_upgrade_drain_timeout": -5}, None, ["kong_upgrade_drain_timeout is -5"]),
+    ("drain-not-a-number", IN_PLACE, {"kong_upgrade_drain_timeout": "two minutes"}, None,
+     ['kong_upgrade_drain_timeout is "two minutes"', "it must be a number"]),
+    ("quit-timeout-negative", IN_PLACE, {"kong_upgrade_quit_timeout": -1}, None, ["kong_upgrade_quit_timeout is -1"]),
+    ("ready-timeout-zero", BG, {"kong_upgrade_ready_timeout": 0}, None, ["kong_upgrade_ready_timeout is 0", "above 0"]),
+    ("min-requests-negative", DUAL, {"kong_upgrade_gate_min_requests": -100}, None,
+     ["kong_upgrade_gate_min_requests is -100"]),
+    ("error-rate-over-1", BG, {"kong_upgrade_gate_max_error_rate": 5}, None,
+     ["kong_upgrade_gate_max_error_rate is 5", "at most 1"]),
+    ("error-rate-increase-negative", DUAL, {"kong_upgrade_gate_max_error_rate_increase": -0.1}, None,
+     ["kong_upgrade_gate_max_error_rate_increase is -0.1"]),
+    ("y-shares-x-prefix", BG, {}, _copy("y1", "x1", "kong_prefix"),
+     ["x1 and y1 share kong_prefix", "Each node needs its own kong_prefix", DONE]),
+    ("y-shares-x-prefix-in-place", IN_PLACE, {}, _copy("y2", "x2", "kong_prefix"), ["x2 and y2 share kong_prefix"]),
+    ("y-shares-x-conf", DUAL, {}, _copy("y2", "x1", "kong_conf_path"), ["x1 and y2 share kong_conf_path"]),
+    ("y-shares-x-admin-url", DUAL, {}, _copy("y1", "x2", "kong_admin_url"), ["x2 and y1 share kong_admin_url"]),
+    ("x-nodes-share-admin-url", IN_PLACE, {}, _copy("x2", "x1", "kong_admin_url"), ["x1 and x2 share kong_admin_url"]),
+    ("y-shares-x-lb-server", BG, {}, _copy("y1", "x1", "kong_lb_server_name"),
+     ["x1 and y1 share kong_lb_server_name"]),
+    ("y-shares-x-prefix-plan", "plan", {}, _copy("y1", "x1", "kong_prefix"), ["x1 and y1 share kong_prefix"]),
+    ("y-database-is-x-database", DUAL, {"kong_upgrade_y_pg_database": "{{ kong_pg_database }}"}, None,
+     ["the database X serves from", "Give Y another database", DONE]),
+    ("target-past-known-releases", DUAL, {"kong_upgrade_y_version": "3.99.0"}, None,
+     ["3.99.0 is later than the newest Kong release line these rules know (3.14)", "Check the version for a typo"]),
+    ("relative-backup-dir", BG, {"kong_upgrade_backup_dir": "backups"}, None, ["must be absolute paths", DONE]),
+    ("relative-report-dir", IN_PLACE, {"kong_upgrade_report_dir": "reports"}, None, ["must be absolute paths"]),
+    ("strategy-mismatch", BG, {"kong_upgrade_strategy": "dual_cluster"}, None,
+     ["kong_upgrade_strategy=dual_cluster was given to the blue_green role", DONE]),
+    ("node-without-prefix", DUAL, {}, _set("y2", kong_prefix=None), ["Host y2 lacks one of"]),
+    ("node-without-lb-server", BG, {}, _set("x2", kong_lb_server_name=None), ["Host x2 lacks one of"]),
+    ("lb-server-unknown", DUAL, {}, _set("y2", kong_lb_server_name="y9"), ["no server named y9 in the load balancer"]),
+    ("downgrade", DUAL, {"kong_upgrade_x_version": Y, "kong_upgrade_y_version": X}, None,
+     [f"{Y} -> {X} is a downgrade"]),
+]
+
+
+@pytest.fixture(scope="module")
+def lab():
+    with running_lab(*LAB, kong="real") as lab:
+        yield lab
+
+
+@pytest.fixture(scope="module")
+def before(lab):
+    return _snapshot(lab)
+
+
+@pytest.mark.parametrize("case, playbook, extra, edit, words", CASES, ids=[case[0] for case in CASES])
+def test_a_bad_input_is_refused_by_name_and_changes_nothing(lab, before, tmp_path, case, playbook, extra, edit, words):
+    inventory = _inventory(lab, tmp_path, case, edit) if edit else lab.inventory_path
+    # kong_upgrade_allow_unsupported_path would not help any case here; none may get past preflight.
+    run = run_playbook(playbook, inventory, dict(fast_gate(lab.run_dir), **extra), tmp_path)
+    assert run.rc != 0, f"{case}: {run.explain()}"
+    assert run.changed == 0, f"{case}: {run.explain()}"
+    said = " ".join((run.stdout + run.stderr).split())
+    for text in words:
+        assert text in said, f"{case}: {text!r} not said\n{run.explain()}"
+    assert _snapshot(lab) == before, f"{case} changed something"
