@@ -153,6 +153,24 @@ CASES = [
     ("node-without-prefix", DUAL, {}, _set("y2", kong_prefix=None), ["Host y2 lacks one of"]),
     ("node-without-lb-server", BG, {}, _set("x2", kong_lb_server_name=None), ["Host x2 lacks one of"]),
     ("lb-server-unknown", DUAL, {}, _set("y2", kong_lb_server_name="y9"), ["no server named y9 in the load balancer"]),
+    ("x-nodes-run-another-version", DUAL, {"kong_upgrade_x_version": "3.8.1"}, None,
+     ["Expected every node of 'kong_x' to run Kong 3.8.1", "found 0 of 2", f"x1 runs {X}; x2 runs {X}"]),
+    ("an-x-node-does-not-answer", BG, {}, _set("x2", kong_admin_url="http://127.0.0.1:9"),
+     ["found 1 of 2", "x1 runs", "x2 "]),
+    ("y-binary-missing", DUAL, {}, _set("y1", kong_executable="/opt/kong-3.9.1/bin/kong"),
+     ["Y's kong executable /opt/kong-3.9.1/bin/kong on y1 cannot be run", "it is missing, not executable",
+      "Install Kong 3.9.1 there"]),
+    ("y-binary-is-x", IN_PLACE, {}, _copy("y2", "x1", "kong_executable"),
+     [f"on y2 says '{X}', expected {Y}", "Install Kong"]),
+    ("database-down", DUAL, {"kong_pg_port": 1}, None,
+     ["cannot connect to PostgreSQL at", ":1", "Set kong_pg_host, kong_pg_port", DONE]),
+    ("database-missing", BG, {"kong_pg_database": "kong_typo"}, None, ["database kong_typo does not exist on", "Set kong_pg_host", DONE]),
+    ("database-wrong-password", IN_PLACE, {"kong_pg_password": "not-the-password"}, None,
+     ["PostgreSQL refused user kong", "check pg_user and pg_password", DONE]),
+    ("declared-dbless-on-traditional-nodes", "upgrade_rolling", {"kong_upgrade_mode": "dbless"}, None,
+     ["kong_upgrade_mode is dbless, but x1 runs traditional, x2 runs traditional", DONE]),
+    ("declared-data-plane-on-traditional-nodes", "plan", {"kong_upgrade_mode": "control_plane"}, None,
+     ["kong_upgrade_mode is control_plane, but x1 runs traditional"]),
     ("downgrade", DUAL, {"kong_upgrade_x_version": Y, "kong_upgrade_y_version": X}, None,
      [f"{Y} -> {X} is a downgrade"]),
 ]
@@ -180,3 +198,24 @@ def test_a_bad_input_is_refused_by_name_and_changes_nothing(lab, before, tmp_pat
     for text in words:
         assert text in said, f"{case}: {text!r} not said\n{run.explain()}"
     assert _snapshot(lab) == before, f"{case} changed something"
+
+
+def test_database_settings_given_only_for_the_nodes_are_found(lab, before, tmp_path):
+    """kong_pg_* in the node groups' vars, not visible to the play host: the run reads them as the backup
+    host (the first X node) sees them, instead of falling back to 127.0.0.1:5432."""
+    def move(groups):
+        inventory_vars = source["all"]["vars"]
+        settings = {name: inventory_vars.pop(name) for name in list(inventory_vars) if name.startswith("kong_pg_")}
+        assert {"kong_pg_host", "kong_pg_port", "kong_pg_password"} <= set(settings)
+        for group in ("kong_x", "kong_y"):
+            groups[group].setdefault("vars", {}).update(settings)
+
+    source = yaml.safe_load(lab.inventory_path.read_text())
+    move(source["all"]["children"])
+    path = tmp_path / "inventory-pg-on-the-nodes.yml"
+    path.write_text(yaml.safe_dump(source), encoding="utf-8")
+    path.chmod(0o600)
+    plan = run_playbook("plan", path, fast_gate(lab.run_dir), tmp_path)
+    assert plan.rc == 0 and plan.changed == 0, plan.explain()
+    assert "cannot connect to PostgreSQL" not in plan.stdout, plan.explain()
+    assert _snapshot(lab) == before

@@ -226,6 +226,12 @@ def test_rolling_same_host_restores_x_on_a_failed_host_and_resumes(tmp_path):
         extra = dict(fast_gate(lab.run_dir), kong_upgrade_mode="dbless", kong_upgrade_rolling_same_host=True,
                      kong_upgrade_rolling_y_executable=y_kong)
 
+        # In-place on DB-less nodes (kong_upgrade_mode left at traditional): refused from the nodes' own mode.
+        in_place = run_playbook("upgrade_in_place", lab.inventory_path, fast_gate(lab.run_dir), tmp_path)
+        assert in_place.rc != 0 and in_place.changed == 0, in_place.explain()
+        assert ("kong_upgrade_mode is traditional, but x1 runs dbless" in in_place.stdout
+                and "use the rolling strategy" in in_place.stdout), in_place.explain()
+
         failed, summary = run_under_load(lab, "upgrade_rolling", extra, tmp_path)
         print(f"rolling same-host on real Kong, x2 fails: {summary['requests']} requests, {summary['failed']} failed")
         assert failed.rc != 0, failed.explain()
@@ -273,7 +279,14 @@ def test_rolling_preflight_refuses_a_control_plane_older_than_y_and_a_wrong_mode
         extra["kong_upgrade_mode"] = "dbless"
         wrong = run_playbook("upgrade_rolling", lab.inventory_path, extra, tmp_path)
         assert wrong.rc != 0 and wrong.changed == 0, wrong.explain()
-        assert "x1 runs as mode hybrid, role data_plane, but kong_upgrade_mode is dbless" in wrong.stdout, wrong.explain()
+        assert "kong_upgrade_mode is dbless, but x1 runs data_plane, x2 runs data_plane" in wrong.stdout, wrong.explain()
+
+        # The strategy of traditional nodes on data planes: the nodes' own mode refuses it before any backup.
+        dual = run_playbook("upgrade_dual_cluster", lab.inventory_path,
+                            dict(fast_gate(lab.run_dir), kong_upgrade_allow_unsupported_path=True), tmp_path)
+        assert dual.rc != 0 and dual.changed == 0, dual.explain()
+        assert ("kong_upgrade_mode is traditional, but x1 runs data_plane" in dual.stdout
+                and "use the rolling strategy" in dual.stdout), dual.explain()
 
         # Nothing changed: no freeze, no Y node, X serves everything.
         assert run_module("kong_config_freeze", dict(pg_args(lab), state="status"))["frozen"] is False
