@@ -41,15 +41,17 @@ def run_playbook(name: str, inventory: Path, extra_vars: dict[str, Any], tmp_pat
     vars_file.chmod(0o600)
     argv = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(inventory),
             str(REPO / "playbooks" / f"{name}.yml"), "-e", f"@{vars_file}"] + (["--check"] if check else [])
-    # A controller with an Admin API token in its environment, as an operator's shell may have:
-    # it must reach no node (Kong writes every KONG_* variable it gets into <prefix>/.kong_env).
+    # A controller with secrets in its environment, as an operator's shell may have: they must reach
+    # no node. Kong writes every setting it takes from KONG_* variables into <prefix>/.kong_env
+    # (pg_ro_password is one; KONG_ADMIN_TOKEN is no Kong setting and real Kong ignores it).
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=REPO,
-                          env=ansible_env({"KONG_ADMIN_TOKEN": CONTROLLER_TOKEN}), check=False)
+                          env=ansible_env({"KONG_ADMIN_TOKEN": CONTROLLER_TOKEN,
+                                           "KONG_PG_RO_PASSWORD": CONTROLLER_TOKEN}), check=False)
     return PlaybookRun(proc)
 
 
 def assert_no_controller_secret_on_nodes(lab: Any) -> None:
-    """No file in any Kong node's prefix (``.kong_env``, logs, nginx confs) holds the controller's token."""
+    """No file in any Kong node's prefix (``.kong_env``, logs, nginx confs) holds the controller's secrets."""
     nodes = {name: host for group in lab.inventory["all"]["children"]
              for name, host in lab.hosts(group).items() if host.get("kong_prefix")}
     assert nodes
@@ -60,7 +62,7 @@ def assert_no_controller_secret_on_nodes(lab: Any) -> None:
         for path in prefix.rglob("*"):
             if path.is_file() and not path.is_symlink() and path.stat().st_size < 50_000_000:
                 assert CONTROLLER_TOKEN.encode() not in path.read_bytes(), \
-                    f"the controller's KONG_ADMIN_TOKEN was written to {path} on {name}"
+                    f"a secret of the controller's environment was written to {path} on {name}"
 
 
 def admin_version(admin_url: str) -> str | None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Mapping
 
+from . import conf_keys
 from .errors import KongError
 from .versions import VersionInfo
 
@@ -244,7 +245,9 @@ def load(
             values[key] = value
             sources[key] = "file"
     for name, value in env.items():
-        if name.startswith("KONG_") and len(name) > 5:
+        # Only Kong's own settings (and dynamic nginx directives): real Kong ignores any other
+        # KONG_* variable, so it never reaches .kong_env (DIFFERENCES.md, fixed).
+        if name.startswith("KONG_") and len(name) > 5 and conf_keys.is_setting(name[5:].lower()):
             key = name[5:].lower()
             values[key] = value
             sources[key] = "env"

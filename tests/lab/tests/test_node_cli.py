@@ -46,6 +46,21 @@ def test_prepare_writes_the_prefix_without_starting(kong_bin, node_tmp):
 
 
 @BOTH
+def test_only_kong_settings_from_the_environment_reach_kong_env(kong_bin, node_tmp):
+    # Real Kong takes KONG_<name> only for its own settings and dynamic nginx directives; any other
+    # KONG_* variable (an Admin API token in an operator's shell) is ignored, not written to .kong_env.
+    spec = make_spec(node_tmp, "envs", "3.9.1", database="off")
+    res = run_kong(kong_bin("3.9.1"), "prepare", "-c", str(spec.conf_path),
+                   env={"KONG_ADMIN_TOKEN": "env-marker-token", "KONG_LOG_LEVEL": "debug",
+                        "KONG_NGINX_HTTP_CLIENT_BODY_BUFFER_SIZE": "64k"})
+    assert res.rc == 0, str(res)
+    kong_env = (spec.prefix / ".kong_env").read_text()
+    assert "\nlog_level = debug\n" in kong_env
+    assert "\nnginx_http_client_body_buffer_size = 64k\n" in kong_env
+    assert "env-marker-token" not in kong_env and "admin_token" not in kong_env
+
+
+@BOTH
 def test_bind_failure_fails_start_and_leaves_nothing_running(kong_bin, node_tmp):
     spec = make_spec(node_tmp, "busy", "3.4.2", database="off")
     with socket.socket() as taken:
