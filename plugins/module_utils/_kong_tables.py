@@ -32,6 +32,7 @@ RUNTIME_TABLES = frozenset({
     "vitals_stats_minutes",
     "vitals_node_meta",
     "kongops_freeze",
+    "kongops_run_lock",
 })
 
 

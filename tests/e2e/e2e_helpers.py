@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -231,3 +232,47 @@ def assert_back_on_x(lab: Any, x_version: str) -> None:
     assert migrations["state_before"]["state"] == "up_to_date", migrations["state_before"]
     freeze = run_module("kong_config_freeze", dict(pg_args(lab), state="status"))
     assert not freeze.failed and freeze["frozen"] is False
+
+
+def _haproxy_servers(lab: Any) -> list[tuple[str, str, str]]:
+    """(server, operational state, weight) of every server in the Kong backend, from HAProxy's socket."""
+    lb = lab.lb
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(5)
+        sock.connect(lb["kong_lb_haproxy_socket"])
+        sock.sendall(f"show servers state {lb.get('kong_lb_backend', 'kong_proxy')}\n".encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    rows = [line.split() for line in data.decode().splitlines()[2:] if line.strip()]
+    # columns: be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight ...
+    return sorted((row[3], row[5] + "/" + row[6], row[7]) for row in rows)
+
+
+def _nginx_pid(host: dict[str, Any]) -> str | None:
+    pidfile = Path(host["kong_prefix"]) / "pids" / "nginx.pid"
+    return pidfile.read_text().strip() if pidfile.exists() else None
+
+
+def lab_snapshot(lab: Any) -> dict[str, Any]:
+    """What a refused run must leave as it was: entity rows, schema_meta, databases, freeze, HAProxy
+    servers, node versions and nginx master pids, backups and reports."""
+    from ansible_runner import run_module  # tests/integration, put on sys.path by conftest.py
+
+    tables = ("services", "routes", "plugins", "consumers", "keyauth_credentials", "upstreams", "targets",
+              "locks")
+    nodes = {**lab.hosts("kong_x"), **lab.hosts("kong_y")}
+    return {
+        "rows": {table: sql(lab, f"SELECT count(*) FROM {table}")[0][0] for table in tables},  # noqa: S608 (fixed names)
+        "schema_meta": sql(lab, "SELECT key, subsystem, executed, pending FROM schema_meta ORDER BY key, subsystem"),
+        "run_lock": sql(lab, "SELECT to_jsonb(l) FROM kongops_run_lock l")
+        if sql(lab, "SELECT to_regclass('kongops_run_lock') IS NOT NULL")[0][0] else None,
+        "databases": sql(lab, "SELECT datname FROM pg_database ORDER BY datname"),
+        "freeze": run_module("kong_config_freeze", dict(pg_args(lab), state="status"))["frozen"],
+        "lb": _haproxy_servers(lab),
+        "versions": {name: admin_version(host["kong_admin_url"]) for name, host in nodes.items()},
+        # A node stopped, started or restarted gets another nginx master pid (or none).
+        "pids": {name: _nginx_pid(host) for name, host in nodes.items()},
+        "files": sorted(str(p) for d in ("backups", "reports") for p in (lab.run_dir / d).rglob("*")
+                        if (lab.run_dir / d).exists()),
+    }

@@ -8,57 +8,15 @@ case: a refusal that changed anything would show up in the snapshot taken after 
 
 from __future__ import annotations
 
-import socket
-from pathlib import Path
-
 import pytest
 import yaml
-from ansible_runner import run_module
-from e2e_helpers import admin_version, fast_gate, pg_args, run_playbook, sql
+from e2e_helpers import fast_gate, lab_snapshot, run_playbook
 from labfixtures import running_lab
 
 X, Y = "3.9.0", "3.9.1"
 LAB = ("--x-version", X, "--y-version", Y, "--x-nodes", "2", "--y-nodes", "2")
 DONE = "Nothing has changed"
 STEPS = "must be a list of percentages of traffic on Y"
-
-
-def _haproxy_servers(lab) -> list[tuple[str, str, str]]:
-    """(server, operational state, weight) of every server in the Kong backend, from HAProxy's socket."""
-    lb = lab.lb
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(5)
-        sock.connect(lb["kong_lb_haproxy_socket"])
-        sock.sendall(f"show servers state {lb.get('kong_lb_backend', 'kong_proxy')}\n".encode())
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    rows = [line.split() for line in data.decode().splitlines()[2:] if line.strip()]
-    # columns: be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight ...
-    return sorted((row[3], row[5] + "/" + row[6], row[7]) for row in rows)
-
-
-def _nginx_pid(host) -> str | None:
-    pidfile = Path(host["kong_prefix"]) / "pids" / "nginx.pid"
-    return pidfile.read_text().strip() if pidfile.exists() else None
-
-
-def _snapshot(lab) -> dict:
-    tables = ("services", "routes", "plugins", "consumers", "keyauth_credentials", "upstreams", "targets",
-              "locks")
-    nodes = {**lab.hosts("kong_x"), **lab.hosts("kong_y")}
-    return {
-        "rows": {table: sql(lab, f"SELECT count(*) FROM {table}")[0][0] for table in tables},  # noqa: S608 (fixed names)
-        "schema_meta": sql(lab, "SELECT key, subsystem, executed, pending FROM schema_meta ORDER BY key, subsystem"),
-        "databases": sql(lab, "SELECT datname FROM pg_database ORDER BY datname"),
-        "freeze": run_module("kong_config_freeze", dict(pg_args(lab), state="status"))["frozen"],
-        "lb": _haproxy_servers(lab),
-        "versions": {name: admin_version(host["kong_admin_url"]) for name, host in nodes.items()},
-        # A node stopped, started or restarted gets another nginx master pid (or none).
-        "pids": {name: _nginx_pid(host) for name, host in nodes.items()},
-        "files": sorted(str(p) for d in ("backups", "reports") for p in (lab.run_dir / d).rglob("*")
-                        if (lab.run_dir / d).exists()),
-    }
 
 
 def _inventory(lab, tmp_path, label, edit):
@@ -184,7 +142,7 @@ def lab():
 
 @pytest.fixture(scope="module")
 def before(lab):
-    return _snapshot(lab)
+    return lab_snapshot(lab)
 
 
 @pytest.mark.parametrize("case, playbook, extra, edit, words", CASES, ids=[case[0] for case in CASES])
@@ -197,7 +155,7 @@ def test_a_bad_input_is_refused_by_name_and_changes_nothing(lab, before, tmp_pat
     said = " ".join((run.stdout + run.stderr).split())
     for text in words:
         assert text in said, f"{case}: {text!r} not said\n{run.explain()}"
-    assert _snapshot(lab) == before, f"{case} changed something"
+    assert lab_snapshot(lab) == before, f"{case} changed something"
 
 
 def test_database_settings_given_only_for_the_nodes_are_found(lab, before, tmp_path):
@@ -218,4 +176,4 @@ def test_database_settings_given_only_for_the_nodes_are_found(lab, before, tmp_p
     plan = run_playbook("plan", path, fast_gate(lab.run_dir), tmp_path)
     assert plan.rc == 0 and plan.changed == 0, plan.explain()
     assert "cannot connect to PostgreSQL" not in plan.stdout, plan.explain()
-    assert _snapshot(lab) == before
+    assert lab_snapshot(lab) == before
