@@ -163,6 +163,19 @@ def _takeover_reason(holder, params):
     return "force=true"
 
 
+def decide(module, holder, where, result):
+    """Refuse (fail) while another live run holds the lock; warn and note a take-over otherwise."""
+    params = module.params
+    if not holder or holder["token"] == params["token"]:
+        return
+    if not (holder["expired"] or params["force"] or (params["take_over"] and holder["token"] == params["take_over"])):
+        module.fail_json(msg=refusal(holder, where), **result)
+    result["taken_over"] = _described(holder)
+    module.warn("Took over the run lock of %s from run %s (%s, pid %s, started %s): %s"
+                % (where, holder["run_id"], holder["controller"], holder["pid"], holder["started_at"],
+                   _takeover_reason(holder, params)))
+
+
 # -- database -----------------------------------------------------------------------------
 def _db_read(pg):
     rows = pg.query_json(
@@ -198,14 +211,7 @@ def run_database(module, pg):
                 pg.execute("DELETE FROM %s WHERE key = 'upgrade' AND token = %s" % (TABLE, quote_literal(token)))
             result.update(changed=True, holder=None)
         return result
-    if holder and holder["token"] != token and not (holder["expired"] or params["force"]
-                                                    or (params["take_over"] and holder["token"] == params["take_over"])):
-        module.fail_json(msg=refusal(holder, where), **result)
-    if holder and holder["token"] != token:
-        result["taken_over"] = _described(holder)
-        module.warn("Took over the run lock of %s from run %s (%s, pid %s, started %s): %s"
-                    % (where, holder["run_id"], holder["controller"], holder["pid"], holder["started_at"],
-                       _takeover_reason(holder, params)))
+    decide(module, holder, where, result)
     result.update(acquired=True, changed=holder is None or holder["token"] != token)
     if module.check_mode:
         return result
@@ -269,14 +275,7 @@ def run_file(module):
                     os.unlink(path)
                 result.update(changed=True, holder=None)
             return result
-        if holder and holder["token"] != token and not (holder["expired"] or params["force"]
-                                                        or (params["take_over"] and holder["token"] == params["take_over"])):
-            module.fail_json(msg=refusal(holder, where), **result)
-        if holder and holder["token"] != token:
-            result["taken_over"] = _described(holder)
-            module.warn("Took over the run lock %s from run %s (%s, pid %s, started %s): %s"
-                        % (where, holder["run_id"], holder["controller"], holder["pid"], holder["started_at"],
-                           _takeover_reason(holder, params)))
+        decide(module, holder, where, result)
         data = {"token": token, "run_id": params["run_id"], "controller": params["controller"], "pid": params["pid"],
                 "started_at": holder["started_at"] if holder and holder["token"] == token else _iso(now),
                 "heartbeat_at": _iso(now), "ttl_seconds": params["ttl"]}
