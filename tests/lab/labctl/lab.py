@@ -448,7 +448,7 @@ class Lab:
 
         self._start_nodes(state, x_nodes)
         for node in x_nodes:
-            self._wait_node_ready(node, opts)
+            self._wait_node_ready(state, node, cp_nodes)
         _say(f"{len(x_nodes)} X node(s) (Kong {opts.x_version}, {opts.mode}) up")
 
         # (5) load balancer
@@ -606,12 +606,49 @@ class Lab:
         if errors:
             raise LabError("; ".join(errors))
 
-    def _wait_node_ready(self, node: KongNode, opts: UpOptions) -> None:
+    def _wait_node_ready(self, state: LabState, node: KongNode, cp_nodes: list[KongNode]) -> None:
         hint = f"see {node.prefix}/logs/error.log"
         wait_until(lambda: http_get(node.status_url + "/status")[0] == 200, 60,
                    f"{node.name} status listener {node.status_url}/status", hint=hint)
-        wait_until(lambda: self._served_by(node.proxy_url + "/", node.version), 60,
-                   f"{node.name} to proxy GET / with the seeded configuration", hint=hint)
+        what = f"{node.name} to proxy GET / with the seeded configuration"
+        if node.role != "data_plane":
+            wait_until(lambda: self._served_by(node.proxy_url + "/", node.version), 60, what, hint=hint)
+            return
+        # A data plane gets its configuration from the control plane. Real Kong's CP sends it once,
+        # when the DP connects; if its export fails then (a slow database on a loaded machine), the
+        # DP stays connected with no configuration until the next change. Restart the DP once so it
+        # reconnects, and say so, with the clustering lines of both logs.
+        try:
+            wait_until(lambda: self._served_by(node.proxy_url + "/", node.version), 30, what, hint=hint)
+            return
+        except LabError as exc:
+            _say(f"{node.name}: {exc}; restarting it once so that it reconnects to the control plane. "
+                 f"Clustering log lines: {self._clustering_lines([node, *cp_nodes]) or 'none'}")
+        node.kong("quit", "-p", str(node.prefix), what="kong quit", timeout=60, check=False)
+        wait_until(lambda: node.running_pid() is None, 30, f"{node.name} to stop after kong quit", hint=hint)
+        self._record_node(state, node, node.start())
+        wait_until(lambda: http_get(node.status_url + "/status")[0] == 200, 60,
+                   f"{node.name} status listener {node.status_url}/status", hint=hint)
+        try:
+            wait_until(lambda: self._served_by(node.proxy_url + "/", node.version), 60, what, hint=hint)
+        except LabError as exc:
+            raise LabError(f"{exc}. Clustering log lines: "
+                           f"{self._clustering_lines([node, *cp_nodes]) or 'none'}") from exc
+        _say(f"{node.name} serves the seeded configuration after its restart")
+
+    @staticmethod
+    def _clustering_lines(nodes: list[KongNode], last: int = 4) -> str:
+        """The last ``[clustering]`` lines of each node's error.log, for a message."""
+        parts = []
+        for n in nodes:
+            try:
+                text = (n.prefix / "logs" / "error.log").read_text(encoding="utf-8", errors="replace")
+            except OSError:
+                continue
+            lines = [ln.strip() for ln in text.splitlines() if "clustering" in ln]
+            if lines:
+                parts.append(f"{n.name}: " + " | ".join(lines[-last:]))
+        return "; ".join(parts)
 
     @staticmethod
     def _served_by(url: str, version: str) -> bool:
