@@ -170,6 +170,17 @@ fingerprint:
       description: Row count per configuration table.
       type: dict
       sample: {"services": 120, "routes": 240}
+recorded_fingerprint:
+  description: The fingerprint recorded when the configuration was frozen (hash, keys_hash, counts).
+  returned: with O(mode=database) while the configuration is frozen
+  type: dict
+schema_changed_since_freeze:
+  description:
+    - Whether the schema (the configuration tables' columns and the migrations in C(schema_meta)) differs from the
+      one recorded at the freeze, that is whether any migration ran since. A run after a crash reads it to know
+      whether the database is still the one it froze.
+  returned: with O(mode=database) while the configuration is frozen
+  type: bool
 unchanged:
   description: With V(verified), whether the configuration is unchanged since the freeze, and how it was compared.
   returned: with O(state=verified)
@@ -242,10 +253,13 @@ def run_database(module, pg):
             result.update(changed=True)
     finger = fingerprint(pg, tables)
     result["fingerprint"] = _public(finger)
+    details = (current or {}).get("details") or {}
+    if isinstance(details, str):
+        details = json.loads(details)
+    if current is not None and state != "thawed":
+        result["recorded_fingerprint"] = _public(details)
+        result["schema_changed_since_freeze"] = details.get("schema_hash") != finger["schema_hash"]
     if state == "verified":
-        details = current.get("details") or {}
-        if isinstance(details, str):
-            details = json.loads(details)
         expected = params["expected_fingerprint"]
         if expected:
             ok = expected in (finger["hash"], finger["keys_hash"])

@@ -19,6 +19,9 @@ description:
     heartbeat is older than its O(ttl) has expired, and the next run takes it over with a warning. So does a run
     given the O(take_over) token of a holder known to be dead (the roles check the holder's process when it ran on
     the same controller), or O(force).
+  - The lock is also the run's record for the run after a crash. Every heartbeat may carry the O(phase) the run is
+    in and O(facts) about what it changed so far (for example whether X was stopped, the backup's path and
+    checksum). A run that takes over a dead run's lock gets them back in RV(taken_over). They must hold no secret.
 author:
   - kongops.upgrade maintainers (@kongops)
 extends_documentation_fragment:
@@ -71,6 +74,16 @@ options:
     description:
       - Keep the lock in this JSON file on the managed node instead of the database (DB-less nodes).
     type: path
+  phase:
+    description:
+      - With V(acquired), the phase the run is in now, kept with the lock (the run's record). Omitted, the phase
+        recorded before is kept.
+    type: str
+  facts:
+    description:
+      - With V(acquired), what the run has done so far (JSON-serializable, no secrets), kept with the lock. Omitted,
+        the facts recorded before are kept.
+    type: dict
 attributes:
   check_mode:
     support: full
@@ -90,6 +103,18 @@ EXAMPLES = r"""
     run_id: kong-3.4.2-to-3.9.1
     controller: "{{ lookup('ansible.builtin.pipe', 'hostname') }}"
 
+- name: Heartbeat, with the run's record (what a run after a crash needs to know)
+  kongops.upgrade.kong_run_lock:
+    pg_host: db.example.internal
+    pg_password: "{{ vault_kong_pg_password }}"
+    state: acquired
+    token: "{{ run_token }}"
+    run_id: kong-3.4.2-to-3.9.1
+    phase: stop_x
+    facts:
+      x_stopped: true
+      backup: {path: /var/backups/kong-upgrade/kong-3.4.2-to-3.9.1.dump}
+
 - name: Release it at the end of the run
   kongops.upgrade.kong_run_lock:
     pg_host: db.example.internal
@@ -104,12 +129,17 @@ acquired:
   returned: always
   type: bool
 holder:
-  description: The lock's row (token, run_id, controller, pid, started_at, heartbeat_at, expires_at, expired), or null.
+  description:
+    - The lock's row (token, run_id, controller, pid, started_at, heartbeat_at, expires_at, expired, phase, facts),
+      or null. C(phase) and C(facts) are null when the holder recorded none (or wrote the lock with a release before
+      they existed).
   returned: always
   type: dict
-  sample: {"run_id": "kong-3.4.2-to-3.9.1", "controller": "ops1", "pid": 4242, "expired": false}
+  sample: {"run_id": "kong-3.4.2-to-3.9.1", "controller": "ops1", "pid": 4242, "expired": false, "phase": "stop_x",
+           "facts": {"x_stopped": true}}
 taken_over:
-  description: The previous holder when this run took its lock over (expired, dead or forced), else null.
+  description: The previous holder (with its phase and facts) when this run took its lock over (expired, dead or
+    forced), else null.
   returned: always
   type: dict
 """
@@ -140,19 +170,20 @@ def _described(row):
     if not row:
         return None
     shown = {k: row.get(k) for k in ("run_id", "controller", "pid", "started_at", "heartbeat_at", "expires_at",
-                                     "expired")}
+                                     "expired", "phase", "facts")}
     shown["token"] = row.get("token")
     return shown
 
 
 def refusal(holder, where):
     return (
-        "Another upgrade run holds the run lock of %s: run %s from %s (pid %s), started %s, last heartbeat %s, "
+        "Another upgrade run holds the run lock of %s: run %s from %s (pid %s), started %s, last heartbeat %s%s, "
         "expires %s. This run changed nothing. Wait for that run to end. If it died: re-run from the same control "
         "node (a lock whose process is gone there is taken over), wait until the lock expires, or clear it with "
         "kong_upgrade_break_run_lock=true (kong_run_lock force=true) once you are sure it is not running"
         % (where, holder["run_id"], holder["controller"] or "an unknown controller", holder["pid"],
-           holder["started_at"], holder["heartbeat_at"], holder["expires_at"]))
+           holder["started_at"], holder["heartbeat_at"],
+           " in phase '%s'" % holder["phase"] if holder.get("phase") else "", holder["expires_at"]))
 
 
 def _takeover_reason(holder, params):
@@ -178,18 +209,23 @@ def decide(module, holder, where, result):
 
 # -- database -----------------------------------------------------------------------------
 def _db_read(pg):
+    # to_jsonb(l): the phase and facts columns are read where they exist (a lock table of an older
+    # release has neither until a run of this one takes the lock).
     rows = pg.query_json(
-        "SELECT %s, to_char(started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS started, "
+        "SELECT %s, to_jsonb(l) AS whole, to_char(started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS started, "
         "to_char(heartbeat_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS heartbeat, "
         "to_char((heartbeat_at + make_interval(secs => ttl_seconds)) AT TIME ZONE 'UTC', "
         "'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS expires, heartbeat_at + make_interval(secs => ttl_seconds) < now() "
-        "AS is_expired FROM %s WHERE key = 'upgrade'" % (_COLUMNS, TABLE))
+        "AS is_expired FROM %s l WHERE key = 'upgrade'" % (_COLUMNS, TABLE))
     if not rows:
         return None
     row = rows[0]
+    whole = row["whole"] if isinstance(row["whole"], dict) else json.loads(row["whole"] or "{}")
+    facts = whole.get("facts")
     return {"token": row["token"], "run_id": row["run_id"], "controller": row["controller"], "pid": row["pid"],
             "started_at": row["started"], "heartbeat_at": row["heartbeat"], "expires_at": row["expires"],
-            "expired": bool(row["is_expired"])}
+            "expired": bool(row["is_expired"]), "phase": whole.get("phase"),
+            "facts": json.loads(facts) if isinstance(facts, str) else facts}
 
 
 def _db_exists(pg):
@@ -220,16 +256,25 @@ def run_database(module, pg):
     condition = "l.token = EXCLUDED.token"
     if holder and holder["token"] != token:
         condition += " OR l.token = %s" % quote_literal(holder["token"])
+    # The phase and facts (the run's record) are kept from the last heartbeat that gave them, and
+    # start empty for a run that takes the lock over: the dead run's record is returned, not inherited.
+    phase = quote_literal(params["phase"]) if params["phase"] is not None else "NULL"
+    facts = "%s::jsonb" % quote_literal(json.dumps(params["facts"], sort_keys=True)) if params["facts"] is not None \
+        else "NULL::jsonb"
     pg.execute(
         "CREATE TABLE IF NOT EXISTS %s (key text PRIMARY KEY, token text NOT NULL, run_id text, controller text, "
         "pid integer, started_at timestamptz NOT NULL DEFAULT now(), heartbeat_at timestamptz NOT NULL DEFAULT now(), "
         "ttl_seconds integer NOT NULL); "
-        "INSERT INTO %s AS l (key, %s) VALUES ('upgrade', %s, %s, %s, %d, now(), now(), %d) "
+        "ALTER TABLE %s ADD COLUMN IF NOT EXISTS phase text, ADD COLUMN IF NOT EXISTS facts jsonb; "
+        "INSERT INTO %s AS l (key, %s, phase, facts) VALUES ('upgrade', %s, %s, %s, %d, now(), now(), %d, %s, %s) "
         "ON CONFLICT (key) DO UPDATE SET token = EXCLUDED.token, run_id = EXCLUDED.run_id, "
         "controller = EXCLUDED.controller, pid = EXCLUDED.pid, heartbeat_at = now(), ttl_seconds = EXCLUDED.ttl_seconds, "
-        "started_at = CASE WHEN l.token = EXCLUDED.token THEN l.started_at ELSE now() END WHERE %s"
-        % (TABLE, TABLE, _COLUMNS, quote_literal(token), quote_literal(params["run_id"]),
-           quote_literal(params["controller"]), int(params["pid"]), int(params["ttl"]), condition))
+        "started_at = CASE WHEN l.token = EXCLUDED.token THEN l.started_at ELSE now() END, "
+        "phase = CASE WHEN l.token = EXCLUDED.token THEN coalesce(EXCLUDED.phase, l.phase) ELSE EXCLUDED.phase END, "
+        "facts = CASE WHEN l.token = EXCLUDED.token THEN coalesce(EXCLUDED.facts, l.facts) ELSE EXCLUDED.facts END "
+        "WHERE %s"
+        % (TABLE, TABLE, TABLE, _COLUMNS, quote_literal(token), quote_literal(params["run_id"]),
+           quote_literal(params["controller"]), int(params["pid"]), int(params["ttl"]), phase, facts, condition))
     now_holder = _db_read(pg)
     if not now_holder or now_holder["token"] != token:
         module.fail_json(msg=refusal(now_holder, where) if now_holder else "the run lock of %s could not be taken" % where,
@@ -276,9 +321,12 @@ def run_file(module):
                 result.update(changed=True, holder=None)
             return result
         decide(module, holder, where, result)
+        mine = bool(holder and holder["token"] == token)
         data = {"token": token, "run_id": params["run_id"], "controller": params["controller"], "pid": params["pid"],
-                "started_at": holder["started_at"] if holder and holder["token"] == token else _iso(now),
-                "heartbeat_at": _iso(now), "ttl_seconds": params["ttl"]}
+                "started_at": holder["started_at"] if mine else _iso(now),
+                "heartbeat_at": _iso(now), "ttl_seconds": params["ttl"],
+                "phase": params["phase"] if params["phase"] is not None else (holder.get("phase") if mine else None),
+                "facts": params["facts"] if params["facts"] is not None else (holder.get("facts") if mine else None)}
         result.update(acquired=True, changed=holder is None or holder["token"] != token,
                       holder=_described(_file_holder(data, now)))
         if not module.check_mode:
@@ -304,6 +352,8 @@ def main():
         take_over=dict(type="str", no_log=False),
         force=dict(type="bool", default=False),
         path=dict(type="path"),
+        phase=dict(type="str"),
+        facts=dict(type="dict"),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
                            required_if=[("state", "acquired", ["token"]), ("state", "released", ["token"])])

@@ -35,8 +35,9 @@ class PlaybookRun:
 
 
 def run_playbook(name: str, inventory: Path, extra_vars: dict[str, Any], tmp_path: Path,
-                 timeout: float = 900, check: bool = False) -> PlaybookRun:
-    """`ansible-playbook -i <inventory> playbooks/<name>.yml -e @vars.yml [--check]` from the checkout."""
+                 timeout: float = 900, check: bool = False, env: dict[str, str] | None = None) -> PlaybookRun:
+    """`ansible-playbook -i <inventory> playbooks/<name>.yml -e @vars.yml [--check]` from the checkout
+    (``env``: more variables for the control node's environment)."""
     vars_file = tmp_path / f"vars-{name}.yml"
     vars_file.write_text(yaml.safe_dump(extra_vars), encoding="utf-8")
     vars_file.chmod(0o600)
@@ -47,7 +48,7 @@ def run_playbook(name: str, inventory: Path, extra_vars: dict[str, Any], tmp_pat
     # (pg_ro_password is one; KONG_ADMIN_TOKEN is no Kong setting and real Kong ignores it).
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=REPO,
                           env=ansible_env({"KONG_ADMIN_TOKEN": CONTROLLER_TOKEN,
-                                           "KONG_PG_RO_PASSWORD": CONTROLLER_TOKEN}), check=False)
+                                           "KONG_PG_RO_PASSWORD": CONTROLLER_TOKEN, **(env or {})}), check=False)
     return PlaybookRun(proc)
 
 
@@ -149,14 +150,14 @@ def sql(lab: Any, statement: str, database: str | None = None) -> list[tuple[Any
 
 
 def run_under_load(lab: Any, name: str, extra_vars: dict[str, Any], tmp_path: Path,
-                   rate: int = 100) -> tuple[PlaybookRun, dict[str, Any]]:
+                   rate: int = 100, env: dict[str, str] | None = None) -> tuple[PlaybookRun, dict[str, Any]]:
     """`run_playbook` while steady traffic goes through the lab's load balancer; the run and the
     load summary (requests, failures by reason, answers by Kong version)."""
     from labctl.load import LoadGenerator  # tests/lab, on sys.path through labfixtures
 
     load = LoadGenerator(lab.frontend, targets=lab.load_targets, duration=900, rate=rate).start()
     try:
-        run = run_playbook(name, lab.inventory_path, extra_vars, tmp_path)
+        run = run_playbook(name, lab.inventory_path, extra_vars, tmp_path, env=env)
     finally:
         load.stop()
     return run, load.summary()
@@ -254,13 +255,23 @@ def _nginx_pid(host: dict[str, Any]) -> str | None:
     return pidfile.read_text().strip() if pidfile.exists() else None
 
 
+# Kong's configuration entities the lab seeds (services, routes with regex paths, plugins, consumers
+# with keys, upstreams and targets): what an upgrade, a rollback or a recovery must never lose.
+ENTITY_TABLES = ("services", "routes", "plugins", "consumers", "keyauth_credentials", "upstreams", "targets")
+
+
+def entity_ids(lab: Any, database: str | None = None) -> dict[str, list[str]]:
+    """The ids of every seeded entity, per table, in ``database`` (default: X's)."""
+    return {table: [row[0] for row in sql(lab, f"SELECT id::text FROM {table} ORDER BY id", database)]  # noqa: S608
+            for table in ENTITY_TABLES}
+
+
 def lab_snapshot(lab: Any) -> dict[str, Any]:
     """What a refused run must leave as it was: entity rows, schema_meta, databases, freeze, HAProxy
     servers, node versions and nginx master pids, backups and reports."""
     from ansible_runner import run_module  # tests/integration, put on sys.path by conftest.py
 
-    tables = ("services", "routes", "plugins", "consumers", "keyauth_credentials", "upstreams", "targets",
-              "locks")
+    tables = (*ENTITY_TABLES, "locks")
     nodes = {**lab.hosts("kong_x"), **lab.hosts("kong_y")}
     return {
         "rows": {table: sql(lab, f"SELECT count(*) FROM {table}")[0][0] for table in tables},  # noqa: S608 (fixed names)

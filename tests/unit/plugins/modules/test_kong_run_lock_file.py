@@ -14,7 +14,8 @@ class Refused(Exception):
 class FakeModule:
     def __init__(self, **params):
         base = {"state": "acquired", "token": "t1", "run_id": "kong-3.9.0-to-3.9.1", "controller": "ops1",
-                "pid": 100, "ttl": 3600, "take_over": None, "force": False, "path": None}
+                "pid": 100, "ttl": 3600, "take_over": None, "force": False, "path": None, "phase": None,
+                "facts": None}
         base.update(params)
         self.params = base
         self.check_mode = False
@@ -70,3 +71,18 @@ def test_check_mode_writes_nothing(tmp_path):
     module.check_mode = True
     result = kong_run_lock.run_file(module)
     assert result["acquired"] and result["changed"] and not lock.parent.exists()
+
+
+def test_the_run_record_is_kept_by_heartbeats_and_given_to_the_run_that_takes_over(tmp_path):
+    lock = tmp_path / "lock.json"
+    run(lock, phase="backup", facts={"x_stopped": False})
+    run(lock)  # a heartbeat without a record keeps the last one
+    held = run(lock, state="status")[0]["holder"]
+    assert held["phase"] == "backup" and held["facts"] == {"x_stopped": False}
+    run(lock, phase="stop_x", facts={"x_stopped": True})
+    taken, module = run(lock, token="t2", take_over="t1", phase="preflight")
+    assert taken["taken_over"]["phase"] == "stop_x" and taken["taken_over"]["facts"] == {"x_stopped": True}
+    mine = run(lock, token="t2", state="status")[0]["holder"]
+    assert mine["phase"] == "preflight" and mine["facts"] is None, "the new holder does not inherit the dead record"
+    with pytest.raises(Refused, match=r"in phase 'preflight'"):
+        run(lock, token="t3")
