@@ -133,8 +133,10 @@ def assert_serving(lab: Any, version: str, stopped_group: str) -> dict[str, Any]
     return after
 
 
-def sql(lab: Any, statement: str, database: str | None = None) -> list[tuple[Any, ...]]:
-    """Run one SQL statement on the lab's PostgreSQL (autocommit); the rows it returns, if any."""
+def sql(lab: Any, statement: str, database: str | None = None,
+        params: tuple[Any, ...] | None = None) -> list[tuple[Any, ...]]:
+    """Run one SQL statement on the lab's PostgreSQL (autocommit), with psycopg2's ``%s`` parameters if
+    ``params`` is given; the rows it returns, if any."""
     import psycopg2  # the emulator's driver, in the dev requirements
 
     pg = pg_args(lab)
@@ -143,7 +145,7 @@ def sql(lab: Any, statement: str, database: str | None = None) -> list[tuple[Any
     try:
         conn.autocommit = True
         with conn.cursor() as cur:
-            cur.execute(statement)
+            cur.execute(statement, params)
             return cur.fetchall() if cur.description else []
     finally:
         conn.close()

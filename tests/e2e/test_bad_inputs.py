@@ -8,9 +8,11 @@ case: a refusal that changed anything would show up in the snapshot taken after 
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 import yaml
-from e2e_helpers import fast_gate, lab_snapshot, run_playbook
+from e2e_helpers import fast_gate, lab_snapshot, run_playbook, sql
 from labfixtures import running_lab
 
 X, Y = "3.9.0", "3.9.1"
@@ -46,7 +48,14 @@ def _copy(host, source, variable):
     return edit
 
 
+def _also_in(group, host):
+    def edit(groups):
+        groups[group]["hosts"][host] = {}
+    return edit
+
+
 DUAL, BG, IN_PLACE = "upgrade_dual_cluster", "upgrade_blue_green", "upgrade_in_place"
+NOT_A_FILE = "/nonexistent/kongops/install-kong.yml"
 
 # (id, playbook, extra variables, inventory edit or None, words the message must hold)
 CASES = [
@@ -131,6 +140,46 @@ CASES = [
      ["kong_upgrade_mode is control_plane, but x1 runs traditional"]),
     ("downgrade", DUAL, {"kong_upgrade_x_version": Y, "kong_upgrade_y_version": X}, None,
      [f"{Y} -> {X} is a downgrade"]),
+    ("run-lock-ttl-zero", DUAL, {"kong_upgrade_run_lock_ttl": 0}, None,
+     ["kong_upgrade_run_lock_ttl is 0: it must be a whole number above 0",
+      "seconds after the run's last heartbeat", DONE]),
+    ("soak-negative", BG, {"kong_upgrade_blue_green_soak_seconds": -60}, None,
+     ["kong_upgrade_blue_green_soak_seconds is -60", "0 or more (seconds Y serves all traffic", DONE]),
+    ("max-weight-zero", DUAL, {"kong_upgrade_max_weight": 0}, None,
+     ["kong_upgrade_max_weight is 0: it must be a whole number above 0 and at most 256", "haproxy driver", DONE]),
+    ("max-weight-over-haproxy", BG, {"kong_upgrade_max_weight": 300}, None,
+     ["kong_upgrade_max_weight is 300", "at most 256"]),
+    ("backup-jobs-zero", IN_PLACE, {"kong_upgrade_backup_jobs": 0}, None,
+     ["kong_upgrade_backup_jobs is 0: it must be a whole number above 0 (parallel pg_dump and pg_restore jobs)", DONE]),
+    ("node-timeout-below-quit-timeout", IN_PLACE, {"kong_upgrade_quit_timeout": 120, "kong_upgrade_node_timeout": 60},
+     None, ["kong_upgrade_node_timeout (60 s) is not longer than kong_upgrade_quit_timeout (120 s)",
+            "Raise kong_upgrade_node_timeout", DONE]),
+    ("lb-group-missing", BG, {"kong_upgrade_lb_group": "lb_typo"}, None,
+     ["The blue_green strategy moves traffic through a load balancer in group 'lb_typo' (kong_upgrade_lb_group)",
+      "the inventory has kong_lb, kong_x, kong_y", "Set kong_upgrade_lb_group", DONE]),
+    ("x-version-empty", DUAL, {"kong_upgrade_x_version": ""}, None,
+     [f"X (empty) and Y ({Y}) must be Kong versions such as 3.4.2 (kong_upgrade_x_version is empty)", DONE]),
+    ("y-group-is-x-group", DUAL, {"kong_upgrade_y_group": "kong_x"}, None,
+     ["x1, x2 are in both the X nodes' group 'kong_x' and the Y nodes' group 'kong_x' (the same group)",
+      "a node cannot run X and Y at once", "Set kong_upgrade_y_group", DONE]),
+    ("a-host-in-both-groups", BG, {}, _also_in("kong_y", "x2"),
+     ["x2 is in both the X nodes' group 'kong_x' and the Y nodes' group 'kong_y'", "a node cannot run X and Y at once",
+      "Take x2 out of one of the groups", DONE]),
+    # The strategy roles' argument spec refuses it first (elements: dict), naming the option.
+    ("smoke-requests-not-a-list", DUAL, {"kong_upgrade_smoke_requests": "GET /"}, None,
+     ["option 'kong_upgrade_smoke_requests'", "unable to convert to dict"]),
+    # The plan playbook has no argument spec: preflight's own check says it.
+    ("smoke-requests-not-a-list-plan", "plan", {"kong_upgrade_smoke_requests": "GET /"}, None,
+     ['kong_upgrade_smoke_requests is "GET /": it must be a list of requests', "each a mapping with a path", DONE]),
+    # Written at the very end, after the upgrade: refused before it instead.
+    ("report-dir-is-a-file", IN_PLACE, {"kong_upgrade_report_dir": "/dev/null"}, None,
+     ["kong_upgrade_report_dir /dev/null cannot hold the reports: /dev/null exists and is not a directory",
+      "choose a directory", DONE]),
+    # Found today only at the install step, after the freeze and the backup.
+    ("install-tasks-file-missing", DUAL, {"kong_upgrade_install_method": "tasks",
+                                          "kong_upgrade_install_tasks_file": NOT_A_FILE}, None,
+     [f"kong_upgrade_install_method is tasks, but kong_upgrade_install_tasks_file is {NOT_A_FILE}, which is not a file",
+      "before finding no way to install Y", DONE]),
 ]
 
 
@@ -176,4 +225,46 @@ def test_database_settings_given_only_for_the_nodes_are_found(lab, before, tmp_p
     plan = run_playbook("plan", path, fast_gate(lab.run_dir), tmp_path)
     assert plan.rc == 0 and plan.changed == 0, plan.explain()
     assert "cannot connect to PostgreSQL" not in plan.stdout, plan.explain()
+    assert lab_snapshot(lab) == before
+
+
+def test_a_teardown_owed_by_an_earlier_upgrade_is_refused_by_every_strategy_and_changes_nothing(lab, before, tmp_path):
+    """schema_meta as an earlier `kong migrations up` leaves it when nobody ran `finish`: rate-limiting's
+    006_350_to_360 (it has a teardown) recorded in ``pending`` and not in ``executed``, ``last_executed`` still
+    the migration before it (the connector's record_migration). Real Kong 3.9.0 reads that row as pending
+    (`kong migrations list` exits 4); a name in both ``executed`` and ``pending`` would read as executed.
+    dual-cluster, blue-green and in-place refuse to start from there, naming the migration."""
+    subsystem, owed = "rate-limiting", "006_350_to_360"
+    where = f"key = 'schema_meta' AND subsystem = '{subsystem}'"
+    row = sql(lab, f"SELECT executed, pending, last_executed FROM schema_meta WHERE {where}")  # noqa: S608 (fixed names)
+    assert row and row[0][0][-1] == owed and not row[0][1], row
+    executed, pending, last_executed = row[0]
+    x1 = lab.host("x1")
+    listing = [x1["kong_executable"], "migrations", "list", "-c", x1["kong_conf_path"]]
+    assert subprocess.run(listing, capture_output=True, text=True, check=False).returncode == 0
+    try:
+        # A name in both lists reads as executed: no test of the refusal.
+        sql(lab, f"UPDATE schema_meta SET pending = ARRAY['{owed}'] WHERE {where}")  # noqa: S608 (fixed names)
+        assert subprocess.run(listing, capture_output=True, text=True, check=False).returncode == 0
+    finally:
+        sql(lab, f"UPDATE schema_meta SET pending = %s WHERE {where}", params=(pending,))  # noqa: S608 (fixed names)
+    sql(lab, f"UPDATE schema_meta SET executed = array_remove(executed, '{owed}'), pending = ARRAY['{owed}'], "  # noqa: S608
+             f"last_executed = '{executed[-2]}' WHERE {where}")
+    try:
+        listed = subprocess.run(listing, capture_output=True, text=True, check=False)
+        assert listed.returncode == 4, listed.stdout + listed.stderr
+        assert f"{subsystem}: {owed}" in listed.stdout.split("Pending migrations:")[1], listed.stdout
+        owing = lab_snapshot(lab)
+        for playbook in (DUAL, BG, IN_PLACE):
+            run = run_playbook(playbook, lab.inventory_path, fast_gate(lab.run_dir), tmp_path)
+            said = " ".join((run.stdout + run.stderr).split())
+            assert run.rc != 0 and run.changed == 0, f"{playbook}: {run.explain()}"
+            assert (f"The database has pending migrations from an earlier upgrade ({subsystem}: {owed}): "
+                    "finish that upgrade first") in said, f"{playbook}: {run.explain()}"
+            assert DONE in said, f"{playbook}: {run.explain()}"
+            assert lab_snapshot(lab) == owing, f"{playbook} changed something"
+    finally:
+        sql(lab, f"UPDATE schema_meta SET executed = %s, pending = %s, last_executed = %s WHERE {where}",  # noqa: S608
+            params=(executed, pending, last_executed))
+    assert sql(lab, f"SELECT executed, pending, last_executed FROM schema_meta WHERE {where}") == row  # noqa: S608
     assert lab_snapshot(lab) == before
