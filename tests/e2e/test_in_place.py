@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import socket
 
+import yaml
 from ansible_runner import run_module
 from e2e_helpers import (
     admin_version,
@@ -90,6 +91,29 @@ def test_in_place_upgrade_downtime_is_the_recorded_window_and_is_idempotent(tmp_
         second = run_playbook("upgrade_in_place", lab.inventory_path, extra, tmp_path)
         assert second.rc == 0, second.explain()
         assert second.changed == 0, second.explain()
+
+
+def test_in_place_without_a_load_balancer_upgrades_the_nodes(tmp_path):
+    # In-place needs no load balancer (the clients may reach the nodes by DNS): every step that
+    # reads or weights one is skipped. ansible-core 2.19 templates delegate_to before `when`, so
+    # these steps failed with "Empty hostname produced from delegate_to" until they fell back to
+    # localhost.
+    with running_lab(*LAB, kong="real") as lab:
+        inventory = yaml.safe_load(lab.inventory_path.read_text())
+        del inventory["all"]["children"]["kong_lb"]
+        no_lb = tmp_path / "inventory-no-lb.yml"
+        no_lb.write_text(yaml.safe_dump(inventory), encoding="utf-8")
+        run = run_playbook("upgrade_in_place", no_lb, _extra(lab), tmp_path)
+        assert run.rc == 0, run.explain()
+        for name, host in lab.hosts("kong_y").items():
+            assert admin_version(host["kong_admin_url"]) == Y, name
+        for name, host in lab.hosts("kong_x").items():
+            assert admin_version(host["kong_admin_url"]) is None, name
+        report = _report(lab)
+        assert report["status"] == "succeeded" and report["freeze_lifted"] is True
+        assert float(report["downtime"]["seconds"]) > 0
+        again = run_playbook("upgrade_in_place", no_lb, _extra(lab), tmp_path)
+        assert again.rc == 0 and again.changed == 0, again.explain()
 
 
 def test_in_place_smoke_test_failing_after_x_stopped_restores_the_database_and_x(tmp_path):
