@@ -11,6 +11,10 @@ the kong role, which owns Kong's tables, can do):
   frozen, the run fails past the point of no return (Y keeps all traffic, nothing rolled back); the
   next run checks again and fails the same way; a run with kong_upgrade_thaw_despite_changes thaws
   with a warning and succeeds, the report naming the table that changed.
+
+In-place 3.9.0 -> 3.9.1 (no migration between them: whole rows are compared), the write once the
+load balancer sends traffic to Y, after every earlier check: caught before the thaw the same way,
+nothing restored (Y keeps serving), and the next run resumes at the thaw.
 """
 
 from __future__ import annotations
@@ -157,3 +161,51 @@ def test_a_write_past_the_freeze_after_the_point_of_no_return_keeps_y_frozen_unt
         assert status["frozen"] is False, status
         # X's database, the retired copy, keeps its freeze.
         assert run_module("kong_config_freeze", dict(pg_args(lab), state="status"))["frozen"] is True
+
+
+def test_in_place_a_write_past_the_freeze_once_y_serves_is_caught_before_the_thaw(tmp_path):
+    with running_lab("--x-version", X, "--y-version", Y, "--x-nodes", "2", "--y-nodes", "2", kong="real") as lab:
+        y_servers = {host["kong_lb_server_name"] for host in lab.hosts("kong_y").values()}
+        wrote = {}
+        run_over = threading.Event()
+
+        def write_once_y_gets_traffic():
+            # In-place gives Y weight only when it switches all traffic to Y, after the last check before the thaw.
+            while not run_over.is_set():
+                if any(int(weight) > 0 for name, _state, weight in _haproxy_servers(lab) if name in y_servers):
+                    sql(lab, WRITE_PAST_THE_GUARD)
+                    wrote["at"] = time.monotonic()
+                    return
+                time.sleep(0.1)
+
+        watcher = threading.Thread(target=write_once_y_gets_traffic)
+        watcher.start()
+        try:
+            run, _summary = run_under_load(lab, "upgrade_in_place", fast_gate(lab.run_dir), tmp_path)
+        finally:
+            run_over.set()
+            watcher.join(timeout=30)
+        assert "at" in wrote, "Y never got traffic: " + run.explain()
+        assert run.rc != 0, run.explain()
+        assert "The in-place upgrade failed past the point of no return, in phase 'thaw'" in run.stdout, run.explain()
+        assert f"Database {pg_args(lab)['pg_database']} stays frozen" in run.stdout, run.explain()
+        assert "Nothing was rolled back: Y serves all traffic" in run.stdout
+        report = read_report(lab, X, Y)
+        assert report["status"] == "failed after the point of no return" and report["failure"]["phase"] == "thaw"
+        assert set(report["thaw_check"]["differences"]) == {"services"}, report["thaw_check"]
+        assert report["rollback"] is None  # nothing restored
+        after = LoadGenerator(lab.frontend, targets=lab.load_targets, duration=3, rate=100).run()
+        assert after["failed"] == 0 and set(after["ok_by_version"]) == {Y}, after["by_version"]
+        assert run_module("kong_config_freeze", dict(pg_args(lab), state="status"))["frozen"] is True
+
+        # The next run finds X stopped, Y serving and the database frozen: it resumes at the thaw.
+        accepted, summary = run_under_load(lab, "upgrade_in_place",
+                                           dict(fast_gate(lab.run_dir), kong_upgrade_thaw_despite_changes=True),
+                                           tmp_path)
+        assert accepted.rc == 0, accepted.explain()
+        assert "a previous run stopped past the point of no return (0 of 2 X nodes still run" in accepted.stdout
+        assert "WARNING: database" in accepted.stdout, accepted.explain()
+        assert summary["failed"] == 0, summary["failed_by_reason"]
+        report = read_report(lab, X, Y)
+        assert report["status"] == "succeeded" and report["thaw_check"]["thawed_despite_changes"] is True
+        assert run_module("kong_config_freeze", dict(pg_args(lab), state="status"))["frozen"] is False
