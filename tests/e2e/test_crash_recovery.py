@@ -123,16 +123,16 @@ def test_killed_with_the_database_half_migrated_the_backup_is_restored(tmp_path)
         assert report["recovery"]["action"] == "restore" and report["rollback"]["database_restored"] is True
 
 
-def _completes_after_kill_at(phase, tmp_path):
+def test_killed_at_the_smoke_test_the_next_run_completes_the_upgrade(tmp_path):
     with running_lab(*LAB, kong="real") as lab:
         before = entity_ids(lab)
-        dead = _killed_at(lab, phase, tmp_path)
+        dead = _killed_at(lab, "smoke_test", tmp_path)
         completed, summary = run_under_load(lab, IN_PLACE, _extra(lab), tmp_path)
         assert completed.rc == 0, completed.explain()
         assert "Doing (kong_upgrade_in_place_recover=auto): complete the upgrade" in completed.stdout, completed.explain()
         assert set(summary["failed_by_reason"]) <= {"http_503", "http_502"}, summary["failed_by_reason"]
         report = _assert_upgraded(lab, before)
-        assert report["recovery"]["action"] == "complete" and report["recovery"]["dead_run"]["phase"] == phase
+        assert report["recovery"]["action"] == "complete" and report["recovery"]["dead_run"]["phase"] == "smoke_test"
         # The downtime is counted from the dead run's stop of X, and its backup is the one kept.
         assert report["downtime"]["x_stop_started"] == dead["x_stop_started"], (report["downtime"], dead)
         assert report["backup"]["checksum"] == dead["backup"]["checksum"]
@@ -140,9 +140,17 @@ def _completes_after_kill_at(phase, tmp_path):
         assert settled.rc == 0 and settled.changed == 0, settled.explain()
 
 
-def test_killed_at_the_smoke_test_the_next_run_completes_the_upgrade(tmp_path):
-    _completes_after_kill_at("smoke_test", tmp_path)
-
-
-def test_killed_before_the_thaw_the_next_run_completes_and_thaws(tmp_path):
-    _completes_after_kill_at("thaw", tmp_path)
+def test_killed_before_the_thaw_the_next_run_resumes_there(tmp_path):
+    # Y serves all traffic: past the point of no return, the re-run only proves the configuration
+    # unchanged and thaws (it never goes back).
+    with running_lab(*LAB, kong="real") as lab:
+        before = entity_ids(lab)
+        _killed_at(lab, "thaw", tmp_path)
+        resumed, summary = run_under_load(lab, IN_PLACE, _extra(lab), tmp_path)
+        assert resumed.rc == 0, resumed.explain()
+        assert "a previous run stopped past the point of no return" in resumed.stdout, resumed.explain()
+        assert "ended without finishing, in phase 'thaw'" in resumed.stdout, resumed.explain()
+        assert summary["failed"] == 0, summary["failed_by_reason"]
+        _assert_upgraded(lab, before)
+        settled = run_playbook(IN_PLACE, lab.inventory_path, _extra(lab), tmp_path)
+        assert settled.rc == 0 and settled.changed == 0, settled.explain()
