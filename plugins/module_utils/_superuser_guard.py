@@ -321,9 +321,9 @@ def warnings_for(su, kong_user, version_num):
     """What the superuser guard cannot stop for ``kong_user`` on this server, as warnings."""
     parts = ["coalesce((SELECT rolsuper FROM pg_roles WHERE rolname = %s), false) AS super" % quote_literal(kong_user)]
     if version_num >= 150000:
+        role = quote_literal(kong_user)
         parts.append("EXISTS (SELECT 1 FROM pg_roles WHERE rolname = %s) AND has_parameter_privilege(%s, "
-                     "'session_replication_role', 'SET') AS replica" % (quote_literal(kong_user),
-                                                                         quote_literal(kong_user)))
+                     "'session_replication_role', 'SET') AS replica" % (role, role))
     row = su.query_json("SELECT " + ", ".join(parts))[0]
     found = []
     if row.get("super"):

@@ -26,19 +26,20 @@ description:
   - Kong's role owns Kong's tables, so on its own it could disable or drop the guard triggers, or delete the freeze
     row. With O(superuser_pg_user), V(frozen) and V(verified) also install, as that superuser, the superuser guard
     of the freeze; Kong's role (any role but a superuser) then cannot disable, rename, replace or drop a guard
-    trigger, change or drop the guard function or the freeze table, or update, delete or truncate the freeze row:
-    each is refused with C(Kong configuration is frozen for an upgrade (since <time> by run <run_id>), and its
-    superuser guard refuses <command> by role <role>: it would <what>). Kong's migrations still run (their DDL
-    leaves the guards alone; a guarded table may be dropped while they hold their lock), and V(verified) still
-    guards the tables they create.
+    trigger, change or drop the guard function or the freeze table, or update, delete or truncate the freeze row.
+    Each is refused with the message
+    C(Kong configuration is frozen for an upgrade (since <time> by run <run_id>\), and its superuser guard refuses
+    <command> by role <role>) followed by what the command would do. Kong's migrations still run (their DDL leaves
+    the guards alone; a guarded table may be dropped while they hold their lock), and V(verified) still guards the
+    tables they create.
   - The superuser guard is two event triggers (C(kongops_freeze_ddl) on C(ddl_command_end), C(kongops_freeze_drop)
     on C(sql_drop)), enabled ALWAYS so that they also fire with C(session_replication_role=replica); their functions
-    in the schema C(kongops_guard), owned by the superuser; and two triggers on C(kongops_freeze). It lets
-    superusers through: PostgreSQL lets a superuser do anything, including dropping event triggers or setting
-    C(session_replication_role=replica), which also turns the guard triggers off. It cannot stop a role that may
-    write Kong's C(locks) table from taking Kong's migrations lock (the guard lets writes through while Kong's
-    migrations hold it), nor the owner of the database from dropping the whole database; the fingerprint of
-    V(verified) finds such writes.
+    in the schema C(kongops_guard), owned by the superuser; and two triggers on C(kongops_freeze).
+  - The superuser guard lets superusers through, since PostgreSQL lets a superuser do anything, including dropping
+    event triggers or setting C(session_replication_role=replica), which also turns the guard triggers off (the
+    module warns when O(pg_user) may set it). It cannot stop a role that may write Kong's C(locks) table from taking
+    Kong's migrations lock (the guard lets writes through while Kong's migrations hold it), nor the owner of the
+    database from dropping the whole database. The fingerprint of V(verified) finds such writes.
   - V(thawed) on a database that holds the superuser guard needs O(superuser_pg_user); without it the module fails
     and changes nothing. With it, the guard and the freeze are removed in one transaction.
   - Event triggers belong to the database and only a superuser may create them, so
@@ -318,8 +319,7 @@ def run_database(module, pg, su=None):
                 su.execute(thaw_sql(everything, schema))
             elif sguard["present"]:
                 # What is left of a guard Kong's role may remove (a guard schema it owns, after a restore by hand).
-                pg.execute(thaw_sql(everything, schema, event_triggers=False,
-                                                    guard_schema=sguard["schema_exists"]))
+                pg.execute(thaw_sql(everything, schema, event_triggers=False, guard_schema=sguard["schema_exists"]))
             else:
                 thaw(pg, everything, schema)
             result.update(changed=True)

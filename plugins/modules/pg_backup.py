@@ -23,7 +23,7 @@ description:
     missing, and checks every table's row count against the metadata. A restored database is marked (a database
     comment naming the backup and its checksum), so running again changes nothing.
   - A restore leaves out the event triggers of the archive (they belong to the database, and only a superuser may
-    create them: C(pg_restore) as Kong's role stops at the first one with C(permission denied to create event
+    create them; C(pg_restore) as Kong's role stops at the first one with C(permission denied to create event
     trigger)) and the rest of the superuser guard of a freeze (the schema C(kongops_guard) and the triggers that
     protect C(kongops_freeze), see M(kongops.upgrade.kong_config_freeze)). So a database restored from a backup
     taken while it was frozen with a superuser guard holds the freeze (its record and the guard triggers on every

@@ -12,12 +12,15 @@ one lab and build on each other.
 
 from __future__ import annotations
 
+import subprocess
+
 import psycopg2
 import pytest
 from ansible_runner import four_ways, run_module, run_sequence, run_tasks
 from itlab import lab_session
 
 from labctl.pg import ADMIN_USER
+from labctl.proc import clean_env
 
 X, Y = "2.8.5", "3.4.2"
 RUN = "it-superuser-guard"
@@ -282,6 +285,30 @@ def test_a_backup_of_the_guarded_database_restores_as_kong_without_the_superuser
     assert not same.failed and same.changed and same["replaced"], same.get("msg")
     assert "EVENT TRIGGER - kongops_freeze_ddl lab_admin" in same["left_out"]
     assert_plain_freeze(guard_state(lab))
+
+
+def test_a_restore_by_hand_leaves_a_half_guard_that_kong_thaws(lab):
+    """Plain `pg_restore` as `kong` (no --exit-on-error) restores all but the event triggers: the guard's
+    schema and triggers, now Kong's own, without what enforces them. Kong's role thaws that (no superuser
+    needed: nothing in it is a superuser's) and nothing of it is left."""
+    lab.create_database("kong_by_hand")
+    env = {**clean_env(), "PGPASSWORD": lab.password, "PGHOST": lab.vars["kong_pg_host"],
+           "PGPORT": str(lab.vars["kong_pg_port"]), "PGUSER": lab.vars["kong_pg_user"]}
+    dump = lab.run_dir / "backups" / "guarded" / "guarded.dump"
+    restored = subprocess.run(["pg_restore", "--no-owner", "-d", "kong_by_hand", str(dump)], env=env,
+                              capture_output=True, text=True, timeout=120, check=False)
+    assert restored.returncode == 1 and "permission denied to create event trigger" in restored.stderr, \
+        restored.stderr
+    half = guard_state(lab, "kong_by_hand")
+    assert half["event_triggers"] == {} and half["guard_schema_owner"] == [("kong",)], half
+    status, thawed = run_sequence("kong_config_freeze", [
+        (freeze_args(lab, "status", database="kong_by_hand", with_superuser=False), False),
+        (freeze_args(lab, "thawed", database="kong_by_hand", with_superuser=False), False)])
+    assert not status.failed and status["frozen"] and status["superuser_guard"] is False, status.get("msg")
+    assert not thawed.failed and thawed.changed and not thawed["frozen"], thawed.get("msg")
+    state = guard_state(lab, "kong_by_hand")
+    assert {k: state[k] for k in NO_SUPERUSER_GUARD} == NO_SUPERUSER_GUARD
+    assert state["guard_triggers"] == (0, 0) and state["freeze_rows"] == -1 and not state["guard_function"]
 
 
 def test_a_restored_database_is_guarded_again_then_thawed_with_the_superuser(lab):

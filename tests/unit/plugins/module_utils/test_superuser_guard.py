@@ -77,9 +77,9 @@ def test_the_install_fills_every_placeholder_and_quotes_the_schema():
     assert not re.search(r"__[A-Z_]+__", sql), re.findall(r"__[A-Z_]+__", sql)
     assert '"we""ird"."kongops_freeze"' in sql and "'we\"ird'" in sql
     for name in FUNCTIONS:
-        assert 'CREATE FUNCTION "kongops_guard".%s(' % name in sql
+        assert f'CREATE FUNCTION "kongops_guard".{name}(' in sql
     for name in EVENT_TRIGGERS:
-        assert 'CREATE EVENT TRIGGER "%s"' % name in sql and 'ALTER EVENT TRIGGER "%s" ENABLE ALWAYS' % name in sql
+        assert f'CREATE EVENT TRIGGER "{name}"' in sql and f'ALTER EVENT TRIGGER "{name}" ENABLE ALWAYS' in sql
     assert sql.startswith("BEGIN;") and sql.rstrip().endswith("COMMIT;")
 
 
