@@ -24,14 +24,37 @@ import time
 
 from ansible_collections.kongops.upgrade.plugins.module_utils._kong_tables import is_config_table
 from ansible_collections.kongops.upgrade.plugins.module_utils._pg import PgError, quote_ident, quote_literal
+from ansible_collections.kongops.upgrade.plugins.module_utils._superuser_guard import GUARD_SCHEMA, PROTECT_TRIGGERS
 
 LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 MARKER_PREFIX = "kongops.upgrade restored "
 _END = "__kongops_end__"
 
+# What a restore leaves out of the archive's table of contents (`pg_restore --list` lines, after
+# "<id>; <catalog oid> <oid> "): event triggers, which belong to the database and which only a
+# superuser may create (pg_restore as Kong's role stops at the first one: "permission denied to
+# create event trigger ... Must be superuser to create an event trigger"), and the rest of the
+# freeze's superuser guard (its schema and functions, the triggers that protect kongops_freeze),
+# which would be a half-guard without its event triggers.
+_TOC_ENTRY = re.compile(r"^\d+; \d+ \d+ (?P<entry>.+)$")
+_LEFT_OUT = re.compile(r"(^|\s)EVENT TRIGGER\s|(^|\s)%s(\s|$)|(^|\s)TRIGGER \S+ kongops_freeze (%s)\s"
+                       % (re.escape(GUARD_SCHEMA), "|".join(re.escape(name) for name in PROTECT_TRIGGERS)))
+
 
 class BackupError(Exception):
     """A backup or restore problem, with what to do about it."""
+
+
+def split_restore_list(listing):
+    """(lines to restore, entries left out) of a `pg_restore --list` output (see _LEFT_OUT)."""
+    kept, left_out = [], []
+    for line in listing.splitlines():
+        match = _TOC_ENTRY.match(line.strip())
+        if match and _LEFT_OUT.search(match.group("entry")):
+            left_out.append(match.group("entry"))
+        else:
+            kept.append(line)
+    return kept, left_out
 
 
 def server_major(version_num):
@@ -376,8 +399,15 @@ class Backup:
         return True, rows[0].get("comment"), int(tables[0]["n"])
 
     def restore(self, target, meta, exists, force):
-        """Restore into ``target``; with ``force`` an existing target is dropped and created again."""
+        """Restore into ``target``; with ``force`` an existing target is dropped and created again.
+
+        Returns (row counts, marker, entries of the archive left out: see split_restore_list).
+        """
         maint = self.pg.for_database("postgres")
+        argv = [self.pg.tool("pg_restore"), "--no-password", "--no-owner", "--exit-on-error", "-d", target]
+        if self.jobs > 1:
+            argv += ["-j", str(self.jobs)]
+        left_out = self._restore_list(argv)  # read before anything is dropped
         if exists and force:
             busy = maint.query_json("SELECT pid, usename, application_name, client_addr::text AS client FROM "
                                     "pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()" % quote_literal(target))
@@ -389,14 +419,11 @@ class Backup:
             exists = False
         if not exists:
             maint.execute("CREATE DATABASE %s" % quote_ident(target))
-        argv = [self.pg.tool("pg_restore"), "--no-password", "--no-owner", "--exit-on-error", "-d", target]
-        if self.jobs > 1:
-            argv += ["-j", str(self.jobs)]
-        rc, out, err = self.pg.for_database(target).run(argv + [self.paths.dump])
+        target_pg = self.pg.for_database(target)
+        rc, out, err = target_pg.run(argv + [self.paths.dump])
         if rc != 0:
             raise BackupError("pg_restore into %s failed: %s. The database is left as it is for inspection; "
-                              "rerun with force=true to replace it" % (target, self.pg.explain(err or out)))
-        target_pg = self.pg.for_database(target)
+                              "rerun with force=true to replace it" % (target, target_pg.explain(err or out)))
         tables = target_pg.query_json("SELECT c.relname AS t FROM pg_class c JOIN pg_namespace n ON "
                                       "n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p') AND n.nspname = current_schema()")
         names = [row["t"] for row in tables]
@@ -417,4 +444,16 @@ class Backup:
         now = datetime.datetime.utcnow().replace(microsecond=0).isoformat() + "Z"
         marker = "%s%s sha256:%s at %s" % (MARKER_PREFIX, meta["label"], meta["sha256"], now)
         maint.execute("COMMENT ON DATABASE %s IS %s" % (quote_ident(target), quote_literal(marker)))
-        return counts, marker
+        return counts, marker, left_out
+
+    def _restore_list(self, argv):
+        """Add `--use-list` to ``argv`` when entries must be left out of the restore; returns them."""
+        rc, out, err = self.pg.run([self.pg.tool("pg_restore"), "--list", self.paths.dump])
+        if rc != 0:
+            raise BackupError("pg_restore --list cannot read %s: %s" % (self.paths.dump, (err or out).strip()))
+        kept, left_out = split_restore_list(out)
+        if left_out:
+            path = self.pg.private_path("restore.list")
+            _write_private(path, "\n".join(kept) + "\n")
+            argv += ["--use-list", path]
+        return left_out

@@ -30,17 +30,22 @@ GUARD_FUNCTION = "kongops_freeze_guard"
 ROW_TRIGGER = "kongops_freeze_guard"
 TRUNCATE_TRIGGER = "kongops_freeze_guard_truncate"
 
+# The guard names every relation with its schema and runs with search_path = pg_catalog: with bare
+# names a writer's own temporary table called kongops_freeze or locks (pg_temp is searched first)
+# let its writes through (seen on PostgreSQL 15), and a function or operator of the writer's schema
+# could stand in for a built-in one.
 GUARD_SQL = r"""
-CREATE OR REPLACE FUNCTION __FN__() RETURNS trigger LANGUAGE plpgsql AS $kongops$
+CREATE OR REPLACE FUNCTION __SCHEMA__.__FN__() RETURNS trigger LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $kongops$
 DECLARE
   f record;
 BEGIN
-  SELECT frozen_at, run_id, reason INTO f FROM __TABLE__ LIMIT 1;
+  SELECT frozen_at, run_id, reason INTO f FROM __SCHEMA__.__TABLE__ LIMIT 1;
   IF NOT FOUND THEN
     RETURN COALESCE(NEW, OLD);
   END IF;
-  IF to_regclass('locks') IS NOT NULL
-     AND EXISTS (SELECT 1 FROM locks WHERE key = 'migrations' AND ttl > now()) THEN
+  IF to_regclass(__LOCKS__) IS NOT NULL
+     AND EXISTS (SELECT 1 FROM __SCHEMA__.locks WHERE key = 'migrations' AND ttl > now()) THEN
     RETURN COALESCE(NEW, OLD);
   END IF;
   IF TG_OP = 'DELETE' AND TG_LEVEL = 'ROW' AND (to_jsonb(OLD) ? 'ttl')
@@ -143,16 +148,32 @@ def fingerprint(pg, tables=None):
             "counts": {name: item["count"] for name, item in per_table.items()}, "tables": per_table}
 
 
-def _guard_statements(tables):
+def current_schema(pg):
+    """The schema of Kong's tables as the connection ``pg`` sees it (where the freeze lives)."""
+    return pg.query_json("SELECT current_schema() AS s")[0]["s"]
+
+
+def qualified(schema, name):
+    return "%s.%s" % (quote_ident(schema), quote_ident(name))
+
+
+def guard_function_sql(schema):
+    """CREATE OR REPLACE of the guard function in ``schema``."""
+    return (GUARD_SQL.strip().replace("__SCHEMA__", quote_ident(schema)).replace("__FN__", GUARD_FUNCTION)
+            .replace("__TABLE__", FREEZE_TABLE).replace("__LOCKS__", quote_literal(qualified(schema, "locks"))))
+
+
+def _guard_statements(tables, schema):
     statements = []
+    function = qualified(schema, GUARD_FUNCTION)
     for table in tables:
-        ident = quote_ident(table)
+        ident = qualified(schema, table)
         statements.append("DROP TRIGGER IF EXISTS %s ON %s" % (ROW_TRIGGER, ident))
         statements.append("DROP TRIGGER IF EXISTS %s ON %s" % (TRUNCATE_TRIGGER, ident))
         statements.append("CREATE TRIGGER %s BEFORE INSERT OR UPDATE OR DELETE ON %s FOR EACH ROW EXECUTE PROCEDURE %s()"
-                          % (ROW_TRIGGER, ident, GUARD_FUNCTION))
+                          % (ROW_TRIGGER, ident, function))
         statements.append("CREATE TRIGGER %s BEFORE TRUNCATE ON %s FOR EACH STATEMENT EXECUTE PROCEDURE %s()"
-                          % (TRUNCATE_TRIGGER, ident, GUARD_FUNCTION))
+                          % (TRUNCATE_TRIGGER, ident, function))
     return statements
 
 
@@ -160,33 +181,46 @@ def _transaction(statements):
     return "BEGIN;\n%s;\nCOMMIT;" % ";\n".join(statements)
 
 
-def freeze(pg, run_id, reason, tables, finger):
-    """Create the freeze row and guard every table in ``tables``, in one transaction."""
+def freeze(pg, run_id, reason, tables, finger, schema=None):
+    """Create the freeze row and guard every table in ``tables``, in one transaction.
+
+    The guards are (re)made before the row is written: a superuser guard left in place (a
+    superuser deleted the row by hand) refuses dropping a guard trigger once the row exists.
+    """
+    schema = schema or current_schema(pg)
     statements = [
         "CREATE TABLE IF NOT EXISTS %s (id boolean PRIMARY KEY DEFAULT true CHECK (id), frozen_at timestamptz NOT NULL "
-        "DEFAULT now(), run_id text NOT NULL, reason text, fingerprint text, details jsonb)" % FREEZE_TABLE,
-        GUARD_SQL.strip().replace("__FN__", GUARD_FUNCTION).replace("__TABLE__", FREEZE_TABLE),
+        "DEFAULT now(), run_id text NOT NULL, reason text, fingerprint text, details jsonb)"
+        % qualified(schema, FREEZE_TABLE),
+        guard_function_sql(schema),
+    ] + _guard_statements(tables, schema) + [
         "INSERT INTO %s (run_id, reason, fingerprint, details) VALUES (%s, %s, %s, %s::jsonb) ON CONFLICT (id) DO NOTHING"
-        % (FREEZE_TABLE, quote_literal(run_id), quote_literal(reason or ""), quote_literal(finger["hash"]),
+        % (qualified(schema, FREEZE_TABLE), quote_literal(run_id), quote_literal(reason or ""),
+           quote_literal(finger["hash"]),
            quote_literal(_json({k: finger[k] for k in ("hash", "keys_hash", "schema_hash", "counts", "tables")}))),
-    ] + _guard_statements(tables)
+    ]
     pg.execute(_transaction(statements))
 
 
-def guard(pg, tables):
+def guard(pg, tables, schema=None):
     """Guard tables created since the freeze (for example by a migration)."""
     if tables:
-        pg.execute(_transaction(_guard_statements(tables)))
+        pg.execute(_transaction(_guard_statements(tables, schema or current_schema(pg))))
 
 
-def thaw(pg, tables):
+def thaw_statements(tables, schema):
+    """The statements that lift the freeze of ``schema`` (run in one transaction)."""
     statements = []
     for table in tables:
-        statements.append("DROP TRIGGER IF EXISTS %s ON %s" % (ROW_TRIGGER, quote_ident(table)))
-        statements.append("DROP TRIGGER IF EXISTS %s ON %s" % (TRUNCATE_TRIGGER, quote_ident(table)))
-    statements.append("DROP TABLE IF EXISTS %s" % FREEZE_TABLE)
-    statements.append("DROP FUNCTION IF EXISTS %s()" % GUARD_FUNCTION)
-    pg.execute(_transaction(statements))
+        statements.append("DROP TRIGGER IF EXISTS %s ON %s" % (ROW_TRIGGER, qualified(schema, table)))
+        statements.append("DROP TRIGGER IF EXISTS %s ON %s" % (TRUNCATE_TRIGGER, qualified(schema, table)))
+    statements.append("DROP TABLE IF EXISTS %s" % qualified(schema, FREEZE_TABLE))
+    statements.append("DROP FUNCTION IF EXISTS %s()" % qualified(schema, GUARD_FUNCTION))
+    return statements
+
+
+def thaw(pg, tables, schema=None):
+    pg.execute(_transaction(thaw_statements(tables, schema or current_schema(pg))))
 
 
 def _json(value):

@@ -54,6 +54,8 @@ class PgClient:
         self.bin_dir = bin_dir
         self._tmpdir = None
         self._passfile = None
+        # The options a refused login points at (another connection, as the superuser one, names its own).
+        self.login_options = "pg_user and pg_password"
 
     @classmethod
     def from_params(cls, module, database=None):
@@ -64,6 +66,7 @@ class PgClient:
     def for_database(self, database):
         other = PgClient(self.module, self.host, self.port, self.user, self.password, database, self.sslmode, self.bin_dir)
         other._tmpdir, other._passfile = self._tmpdir, self._passfile
+        other.login_options = self.login_options
         return other
 
     # -- lifecycle ----------------------------------------------------------------
@@ -84,6 +87,12 @@ class PgClient:
         self._tmpdir = None
         self._passfile = None
         return False
+
+    def private_path(self, name):
+        """A path for a file of this call in the private (0700) directory, removed at the end."""
+        if not self._tmpdir:
+            raise PgError("no private directory: use PgClient as a context manager")
+        return os.path.join(self._tmpdir, name)
 
     # -- tools --------------------------------------------------------------------
     def tool(self, name):
@@ -139,8 +148,8 @@ class PgClient:
     def explain(self, err):
         text = (err or "").strip()
         if "password authentication failed" in text or "no password supplied" in text:
-            return "PostgreSQL refused user %s at %s:%s (%s); check pg_user and pg_password" % (
-                self.user, self.host, self.port, text.splitlines()[-1] if text else "")
+            return "PostgreSQL refused user %s at %s:%s (%s); check %s" % (
+                self.user, self.host, self.port, text.splitlines()[-1] if text else "", self.login_options)
         if "could not connect" in text or "Connection refused" in text or "timeout expired" in text:
             return "cannot connect to PostgreSQL at %s:%s (%s); check pg_host, pg_port and that the server runs" % (
                 self.host, self.port, text.splitlines()[-1] if text else "")

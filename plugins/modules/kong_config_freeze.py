@@ -23,6 +23,28 @@ description:
     V(verified).
   - The freeze lives in the database, so it survives node restarts and travels inside a C(pg_dump) into a restored
     database; thaw each database that holds it.
+  - Kong's role owns Kong's tables, so on its own it could disable or drop the guard triggers, or delete the freeze
+    row. With O(superuser_pg_user), V(frozen) and V(verified) also install, as that superuser, the superuser guard
+    of the freeze; Kong's role (any role but a superuser) then cannot disable, rename, replace or drop a guard
+    trigger, change or drop the guard function or the freeze table, or update, delete or truncate the freeze row.
+    Each is refused with the message
+    C(Kong configuration is frozen for an upgrade (since <time> by run <run_id>\), and its superuser guard refuses
+    <command> by role <role>) followed by what the command would do. Kong's migrations still run (their DDL leaves
+    the guards alone; a guarded table may be dropped while they hold their lock), and V(verified) still guards the
+    tables they create.
+  - The superuser guard is two event triggers (C(kongops_freeze_ddl) on C(ddl_command_end), C(kongops_freeze_drop)
+    on C(sql_drop)), enabled ALWAYS so that they also fire with C(session_replication_role=replica); their functions
+    in the schema C(kongops_guard), owned by the superuser; and two triggers on C(kongops_freeze).
+  - The superuser guard lets superusers through, since PostgreSQL lets a superuser do anything, including dropping
+    event triggers or setting C(session_replication_role=replica), which also turns the guard triggers off (the
+    module warns when O(pg_user) may set it). It cannot stop a role that may write Kong's C(locks) table from taking
+    Kong's migrations lock (the guard lets writes through while Kong's migrations hold it), nor the owner of the
+    database from dropping the whole database. The fingerprint of V(verified) finds such writes.
+  - V(thawed) on a database that holds the superuser guard needs O(superuser_pg_user); without it the module fails
+    and changes nothing. With it, the guard and the freeze are removed in one transaction.
+  - Event triggers belong to the database and only a superuser may create them, so
+    M(kongops.upgrade.pg_backup) leaves the superuser guard out of a restore; the restored database holds the
+    freeze without it (run V(frozen) with O(superuser_pg_user) on it to guard it again).
   - Returns a configuration fingerprint (a stable hash, and counts per table over all configuration tables), taken
     at the freeze and compared at V(verified) to prove nothing changed, and, with O(compare_database), that two
     databases (X's and Y's) hold the same configuration.
@@ -91,15 +113,30 @@ options:
     description:
       - C(Kong-Admin-Token) for O(admin_url).
     type: str
+  superuser_pg_user:
+    description:
+      - A PostgreSQL superuser on the same server. With it, V(frozen) and V(verified) install the superuser guard of
+        the freeze (see the description), and V(thawed) removes it with the freeze. The connection is checked (it
+        must log in and be a superuser) before anything is changed.
+      - Without it nothing changes from a freeze without a superuser guard, except that V(thawed) fails on a database
+        that holds one.
+    type: str
+  superuser_pg_password:
+    description:
+      - Password of O(superuser_pg_user). Given to C(psql) in its own private password file, never on a command
+        line, and never logged.
+    type: str
 attributes:
   check_mode:
     support: full
     details:
-      - Reads the freeze, the guards and the fingerprint and reports what would change.
+      - Reads the freeze, the guards, the superuser guard and the fingerprint and reports what would change; a thaw
+        that would be refused (a superuser guard without O(superuser_pg_user)) fails in check mode too.
   diff_mode:
     support: full
     details:
-      - The diff shows whether the configuration is frozen and how many tables are guarded.
+      - The diff shows whether the configuration is frozen, how many tables are guarded and whether the superuser
+        guard is in place.
 """
 
 EXAMPLES = r"""
@@ -119,7 +156,16 @@ EXAMPLES = r"""
     compare_database: kong
     state: verified
 
-- name: Thaw (the run that froze lifts it; another run_id needs force=true)
+- name: Freeze with the superuser guard, so that Kong's own role cannot lift the freeze by hand
+  kongops.upgrade.kong_config_freeze:
+    pg_host: db.example.internal
+    pg_password: "{{ vault_kong_pg_password }}"
+    superuser_pg_user: postgres
+    superuser_pg_password: "{{ vault_pg_superuser_password }}"
+    state: frozen
+    run_id: kong-3.9.1-to-3.10.0
+
+- name: Thaw (the run that froze lifts it; another run_id needs force=true; a superuser guard needs superuser_pg_user)
   kongops.upgrade.kong_config_freeze:
     pg_host: db.example.internal
     pg_password: "{{ vault_kong_pg_password }}"
@@ -144,6 +190,12 @@ run_id:
 enforced:
   description: Whether writes are enforced (false for DB-less nodes).
   returned: always
+  type: bool
+superuser_guard:
+  description:
+    - Whether the superuser guard of the freeze is in place after the module ran (in check mode, whether it would
+      be).
+  returned: with O(mode=database)
   type: bool
 guarded_tables:
   description: Configuration tables carrying the guard.
@@ -191,6 +243,7 @@ differences:
   type: dict
 """
 
+import contextlib
 import hashlib
 import json
 
@@ -201,6 +254,7 @@ from ansible_collections.kongops.upgrade.plugins.module_utils._freeze import (
     FreezeError,
     compare,
     config_tables,
+    current_schema,
     fingerprint,
     freeze,
     guard,
@@ -210,47 +264,83 @@ from ansible_collections.kongops.upgrade.plugins.module_utils._freeze import (
     unchanged_since_freeze,
 )
 from ansible_collections.kongops.upgrade.plugins.module_utils._pg import POSTGRES_ARGSPEC, PgClient, PgError
+from ansible_collections.kongops.upgrade.plugins.module_utils._superuser_guard import (
+    GUARD_SCHEMA,
+    SuperuserGuardError,
+    check_superuser,
+    guard_state,
+    install_guard,
+    thaw_sql,
+    warnings_for,
+)
+
+NEEDS_SUPERUSER = ("the freeze of database %s was made with a superuser guard (event triggers %s, which PostgreSQL "
+                   "lets only a superuser remove), so lifting it needs the superuser connection: set "
+                   "superuser_pg_user and superuser_pg_password (in the roles, kong_upgrade_pg_superuser and "
+                   "kong_upgrade_pg_superuser_password). Nothing was changed")
 
 
 def _public(finger):
     return {k: finger[k] for k in ("hash", "keys_hash", "counts") if k in finger}
 
 
-def run_database(module, pg):
+def run_database(module, pg, su=None):
+    """The freeze of a PostgreSQL-backed cluster; ``su`` is the superuser connection, if given."""
     params = module.params
     state = params["state"]
     current = read_freeze(pg)
     tables = config_tables(pg)
     guarded = guarded_tables(pg)
     missing = sorted(set(tables) - set(guarded))
+    schema = current_schema(pg)
+    sguard = guard_state(pg, schema)
     result = {"changed": False, "enforced": True, "newly_guarded": []}
     holder = current["run_id"] if current else None
     if holder and holder != params["run_id"] and state in ("frozen", "thawed") and not params["force"]:
         raise FreezeError("the configuration is frozen by run %s since %s, not by run %s. Use that run_id, or "
                           "force=true to take it over or lift it" % (holder, current["frozen_at"], params["run_id"]))
-    before = {"frozen": bool(current), "guarded": len(guarded)}
+    if state == "thawed" and su is None and sguard["needs_superuser"]:
+        raise FreezeError(NEEDS_SUPERUSER % (pg.database, ", ".join(sguard["event_triggers"]) or "none left, and "
+                                             "its schema %s owned by another role" % GUARD_SCHEMA))
+    before = {"frozen": bool(current), "guarded": len(guarded), "superuser_guard": sguard["complete"]}
+    superuser_guard_after = sguard["complete"]
     if state == "frozen":
         if current is None:
             finger = fingerprint(pg, tables)
             if not module.check_mode:
-                freeze(pg, params["run_id"], params["reason"], tables, finger)
+                freeze(pg, params["run_id"], params["reason"], tables, finger, schema)
             result.update(changed=True, newly_guarded=tables)
         elif missing:
             if not module.check_mode:
-                guard(pg, missing)
+                guard(su or pg, missing, schema)
             result.update(changed=True, newly_guarded=missing)
     elif state == "verified":
         if current is None:
             raise FreezeError("the configuration is not frozen; run this module with state=frozen first")
         if missing:
             if not module.check_mode:
-                guard(pg, missing)
+                guard(su or pg, missing, schema)
             result.update(changed=True, newly_guarded=missing)
     elif state == "thawed":
-        if current is not None or guarded:
-            if not module.check_mode:
-                thaw(pg, sorted(set(tables) | set(guarded)))
+        if current is not None or guarded or sguard["present"]:
+            everything = sorted(set(tables) | set(guarded))
+            if module.check_mode:
+                pass
+            elif su is not None:
+                su.execute(thaw_sql(everything, schema))
+            elif sguard["present"]:
+                # What is left of a guard Kong's role may remove (a guard schema it owns, after a restore by hand).
+                pg.execute(thaw_sql(everything, schema, event_triggers=False, guard_schema=sguard["schema_exists"]))
+            else:
+                thaw(pg, everything, schema)
             result.update(changed=True)
+        superuser_guard_after = False
+    if state in ("frozen", "verified") and su is not None and not sguard["complete"]:
+        if not module.check_mode:
+            install_guard(su, schema)
+        result["changed"] = True
+        superuser_guard_after = True
+    result["superuser_guard"] = superuser_guard_after
     finger = fingerprint(pg, tables)
     result["fingerprint"] = _public(finger)
     details = (current or {}).get("details") or {}
@@ -294,8 +384,10 @@ def run_database(module, pg):
         result["frozen_at"] = info.get("frozen_at")
         result["run_id"] = info.get("run_id")
     result["guarded_tables"] = guarded_after
-    result["diff"] = {"before": "frozen: %s\nguarded tables: %d\n" % (before["frozen"], before["guarded"]),
-                      "after": "frozen: %s\nguarded tables: %d\n" % (frozen_now, len(result["guarded_tables"]))}
+    result["diff"] = {"before": "frozen: %s\nguarded tables: %d\nsuperuser guard: %s\n"
+                                % (before["frozen"], before["guarded"], before["superuser_guard"]),
+                      "after": "frozen: %s\nguarded tables: %d\nsuperuser guard: %s\n"
+                               % (frozen_now, len(result["guarded_tables"]), result["superuser_guard"])}
     return result
 
 
@@ -346,16 +438,23 @@ def main():
         admin_url=dict(type="str"),
         admin_token=dict(type="str", no_log=True),
         status_url=dict(type="str"),
+        superuser_pg_user=dict(type="str"),
+        superuser_pg_password=dict(type="str", no_log=True),
     )
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
+                           required_by={"superuser_pg_password": "superuser_pg_user"})
     if module.params["mode"] == "dbless":
         try:
             module.exit_json(**run_dbless(module))
         except AdminApiError as exc:
             module.fail_json(msg="cannot read the DB-less node: %s" % exc)
     try:
-        with PgClient.from_params(module) as pg:
-            result = run_database(module, pg)
+        with contextlib.ExitStack() as stack:
+            pg = stack.enter_context(PgClient.from_params(module))
+            su = stack.enter_context(superuser_client(module, pg)) if module.params["superuser_pg_user"] else None
+            if su is not None:
+                check_superuser_connection(module, su, pg.user)
+            result = run_database(module, pg, su)
     except FreezeError as exc:
         extra = exc.args[1] if len(exc.args) > 1 else {}
         module.fail_json(msg=str(exc.args[0]), **extra)
@@ -364,6 +463,28 @@ def main():
     if not module._diff:
         result.pop("diff", None)
     module.exit_json(**result)
+
+
+def superuser_client(module, pg):
+    """A connection to the same server and database as ``pg``, as the superuser (its own password file)."""
+    params = module.params
+    su = PgClient(module, pg.host, pg.port, params["superuser_pg_user"], params["superuser_pg_password"],
+                  pg.database, pg.sslmode, pg.bin_dir)
+    su.login_options = "superuser_pg_user and superuser_pg_password"
+    return su
+
+
+def check_superuser_connection(module, su, kong_user):
+    """Before anything is touched: the superuser logs in and is one; warn about what the guard cannot stop."""
+    try:
+        version_num = check_superuser(su)
+        for warning in warnings_for(su, kong_user, version_num):
+            module.warn(warning)
+    except PgError as exc:
+        raise FreezeError("the superuser connection (superuser_pg_user %s) does not work: %s. Nothing was changed"
+                          % (su.user, exc)) from exc
+    except SuperuserGuardError as exc:
+        raise FreezeError(str(exc)) from exc
 
 
 if __name__ == "__main__":

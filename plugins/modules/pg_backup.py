@@ -22,6 +22,14 @@ description:
   - V(restored) verifies a backup, then restores it into O(target_database), creating that database when it is
     missing, and checks every table's row count against the metadata. A restored database is marked (a database
     comment naming the backup and its checksum), so running again changes nothing.
+  - A restore leaves out the event triggers of the archive (they belong to the database, and only a superuser may
+    create them; C(pg_restore) as Kong's role stops at the first one with C(permission denied to create event
+    trigger)) and the rest of the superuser guard of a freeze (the schema C(kongops_guard) and the triggers that
+    protect C(kongops_freeze), see M(kongops.upgrade.kong_config_freeze)). So a database restored from a backup
+    taken while it was frozen with a superuser guard holds the freeze (its record and the guard triggers on every
+    configuration table) without the superuser guard, never half of it; RV(left_out) lists what was left out. Run
+    M(kongops.upgrade.kong_config_freeze) with O(kongops.upgrade.kong_config_freeze#module:state=frozen) and a
+    superuser connection on it to guard it again, or thaw it as Kong's role.
   - C(pg_dump), C(pg_restore) and C(psql) run from an argument list, never a shell. The password is given to them
     in a private password file (C(PGPASSFILE)), never on a command line.
 author:
@@ -182,6 +190,14 @@ replaced:
   description: Whether an existing target database was dropped and restored again (O(force) or O(replace_restored)).
   returned: with O(state=restored) when a restore ran
   type: bool
+left_out:
+  description:
+    - The entries of the archive (as C(pg_restore --list) names them) that the restore left out (see the description);
+      empty when there were none.
+  returned: with O(state=restored) when a restore ran
+  type: list
+  elements: str
+  sample: ["EVENT TRIGGER - kongops_freeze_ddl postgres", "SCHEMA - kongops_guard postgres"]
 marker:
   description: The comment that marks the restored database.
   returned: with O(state=restored)
@@ -255,9 +271,9 @@ def ensure_restored(module, backup, result):
     if module.check_mode:
         result.update(changed=True, marker=None)
         return
-    counts, marker = backup.restore(target, meta, exists, module.params["force"] or replace)
+    counts, marker, left_out = backup.restore(target, meta, exists, module.params["force"] or replace)
     result["replaced"] = bool(exists)
-    result.update(changed=True, restored_row_counts=counts, marker=marker)
+    result.update(changed=True, restored_row_counts=counts, marker=marker, left_out=left_out)
 
 
 def main():
