@@ -84,6 +84,13 @@ options:
       - With V(acquired), what the run has done so far (JSON-serializable, no secrets), kept with the lock. Omitted,
         the facts recorded before are kept.
     type: dict
+  record_path:
+    description:
+      - A file on the control node that gets the run's record too (O(phase), O(facts), run id, token, controller,
+        process), written by the module's action plugin after the lock was taken or renewed, and marked C(ended)
+        when it is released. A second copy for the run after a crash, where the database's copy may be gone.
+        Written with mode 0600 (its directory 0700 when created); never in check mode.
+    type: path
 attributes:
   check_mode:
     support: full
@@ -354,6 +361,7 @@ def main():
         path=dict(type="path"),
         phase=dict(type="str"),
         facts=dict(type="dict"),
+        record_path=dict(type="path"),  # written on the control node by the action plugin
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
                            required_if=[("state", "acquired", ["token"]), ("state", "released", ["token"])])
