@@ -10,9 +10,10 @@ LAB := tests/lab/lab
 PYTEST_ARGS ?=
 # pytest-xdist workers for `make pytest` (0: one process). Each worker brings up its own lab
 # (tests/conftest.py gives worker N the lab net KONG_LAB_NET+N) and runs whole test files
-# (their module-scoped labs); real Kong's nodes leave CPU to spare, so two workers on 2 cores
-# finish the suite sooner.
-PYTEST_WORKERS ?= 2
+# (their module-scoped labs). An e2e upgrade keeps about half a core busy (measured: a
+# dual-cluster run of 82 s used 43 s of CPU; the rest is gates, drains and nodes starting), so
+# three workers on 2 cores finish the suite sooner than two.
+PYTEST_WORKERS ?= 3
 # Molecule scenario for `make molecule` (molecule/<name>); `make test` runs the default one.
 SCENARIO ?= in_place
 
