@@ -21,13 +21,13 @@ description:
     one is kept under another label, see RV(superseded)).
   - Taking a backup can be cut short (a killed run, a lost session). C(pg_dump) writes C(<dump>.partial), renamed
     into place once complete, and C(<label>.taking) marks the take from its start until the new backup verified. A
-    label whose files do not verify while that marker is there is an unfinished take, never a backup: it is removed,
+    label whose files do not verify while that marker is there is an unfinished take, never a backup; it is removed,
     with a warning, and a new backup is taken (see RV(unfinished)). Files that do not verify without the marker are
     refused as before.
   - V(restored) verifies a backup, then restores it into O(target_database), creating that database when it is
     missing, and checks every table's row count against the metadata. A restored database is marked (a database
     comment naming the backup and its checksum), so running again changes nothing. While the restore runs the
-    comment says C(kongops.upgrade restoring <label> ...): a database left so by a restore that was cut short (a
+    comment says C(kongops.upgrade restoring <label> ...); a database left so by a restore that was cut short (a
     killed run) is dropped and restored again, with a warning (see RV(unfinished)).
   - C(pg_dump), C(pg_restore) and C(psql) run from an argument list, never a shell. The password is given to them
     in a private password file (C(PGPASSFILE)), never on a command line.
@@ -173,7 +173,7 @@ reused:
 unfinished:
   description:
     - With O(state=present), what a run that was interrupted while it took this backup had left and this run
-      removed (in check mode, would remove), with a warning: the marker C(<label>.taking), the partial dump
+      removed (in check mode, would remove), with a warning. That is the marker C(<label>.taking), the partial dump
       C(<dump>.partial), the dump it was replacing C(<dump>.previous), and, when they do not verify, that take's
       dump, checksum and metadata. Empty when there was nothing.
     - With O(state=restored), the comment of a target database that an interrupted restore of this label left
