@@ -146,7 +146,7 @@ class TargetBackup(ScriptedBackup):
 
     def restore(self, target, meta, exists, force):
         self.restores.append((target, exists, force))
-        return {"services": 1}, "kongops.upgrade restored pre sha256:%s at now" % meta["sha256"]
+        return {"services": 1}, f"kongops.upgrade restored pre sha256:{meta['sha256']} at now"
 
 
 def restored(tmp_path, target, check_mode=False):
