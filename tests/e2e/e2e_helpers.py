@@ -136,6 +136,11 @@ def run_playbook_killed_when(name: str, inventory: Path, extra_vars: dict[str, A
     return run, seen
 
 
+def said(run: PlaybookRun, *needles: str) -> list[str]:
+    """The lines of the run's output that hold any of ``needles`` (what a test prints as the run's own words)."""
+    return [line.strip() for line in run.stdout.splitlines() if any(needle in line for needle in needles)]
+
+
 def assert_no_controller_secret_on_nodes(lab: Any) -> None:
     """No file in any Kong node's prefix (``.kong_env``, logs, nginx confs) holds the controller's secrets."""
     nodes = {name: host for group in lab.inventory["all"]["children"]

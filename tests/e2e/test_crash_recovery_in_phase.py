@@ -30,6 +30,7 @@ from e2e_helpers import (
     read_report,
     run_playbook,
     run_playbook_killed_when,
+    said,
 )
 from labfixtures import running_lab
 
@@ -75,6 +76,8 @@ def test_in_place_killed_while_x_stops_starts_x_again_untouched(tmp_path):
               f"{summary['failed']} failed {summary['failed_by_reason']}, longest failure window "
               f"{summary['longest_failure_window_seconds']} s; recovery run {time.monotonic() - killed_at:.0f} s")
 
+        print("the re-run said:", *said(recovered, "ended without finishing", "Recovering in-place run",
+                                        "Recovered in-place run"), sep="\n  ")
         assert recovered.rc != 0, recovered.explain()
         assert "ended without finishing, in phase 'stop_x'" in recovered.stdout, recovered.explain()
         assert "which died in phase 'stop_x' after stopping X" in recovered.stdout, recovered.explain()
@@ -118,6 +121,9 @@ def test_in_place_killed_while_the_backup_is_written_takes_a_complete_backup(tmp
         print(f"in-place killed during the backup (left: {left}): {summary['requests']} requests, "
               f"{summary['failed']} failed {summary['failed_by_reason']}")
 
+        print("the re-run said:", *said(upgraded, "ended without finishing"),
+              *[line.strip() for line in upgraded.stderr.splitlines() if "interrupted while it took backup" in line],
+              sep="\n  ")
         assert upgraded.rc == 0, upgraded.explain()
         assert "ended without finishing, in phase 'backup'" in upgraded.stdout, upgraded.explain()
         # Ansible prints a module's warnings on stderr.
