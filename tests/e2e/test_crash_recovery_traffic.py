@@ -86,7 +86,7 @@ def _crash_and_resume(lab, playbook, tmp_path, kill_at=None, kill_when=None, wha
           f"{at_kill['x_serving']}): {summary['requests']} requests, {summary['failed']} failed, by version "
           f"{summary['ok_by_version']}; killed run, re-run, further run: "
           f"{', '.join(f'{b - a:.0f} s' for a, b in zip(times, times[1:], strict=False))}")
-    print("the re-run said:", *said(resumed, "ended without finishing", "past the point of no return (",
+    print("the re-run said:", *said(resumed, "ended without finishing", "a previous run stopped past the point of no return",
                                     "resumes the traffic shift", "was retiring X ("), sep="\n  ")
     return killed, resumed, settled, at_kill, summary
 
