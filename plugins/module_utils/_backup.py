@@ -8,6 +8,12 @@ directory: the dump (custom format file or directory format), `<label>.sha256`
 and `<label>.meta.json`. Row counts in the metadata come from the same snapshot
 as the dump (pg_export_snapshot + pg_dump --snapshot), so a restore can be checked
 against them exactly.
+
+Taking a backup can be cut short (a killed run, a lost session): pg_dump writes
+`<dump>.partial`, renamed into place once complete, and `<label>.taking` marks the
+take from its start until the new backup verified. Files of a label that do not
+verify while that marker is there are known to be an unfinished take, never a
+backup: they are removed and the backup taken again.
 """
 
 from __future__ import annotations
@@ -28,6 +34,9 @@ from ansible_collections.kongops.upgrade.plugins.module_utils._superuser_guard i
 
 LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 MARKER_PREFIX = "kongops.upgrade restored "
+# The comment of a target database while a restore into it runs: one cut short (a killed run) is
+# known to be ours and unfinished, and is restored again.
+RESTORING_PREFIX = "kongops.upgrade restoring "
 _END = "__kongops_end__"
 
 # What a restore leaves out of the archive's table of contents (`pg_restore --list` lines, after
@@ -72,9 +81,22 @@ class BackupPaths:
         self.dump = os.path.join(self.dir, name)
         self.checksum = os.path.join(self.dir, label + ".sha256")
         self.meta = os.path.join(self.dir, label + ".meta.json")
+        self.partial = self.dump + ".partial"
+        self.previous = self.dump + ".previous"
+        # Written when a take starts, removed once the new backup verified.
+        self.taking = os.path.join(self.dir, label + ".taking")
 
     def exists(self):
         return os.path.exists(self.dump) or os.path.exists(self.meta) or os.path.exists(self.checksum)
+
+    def interrupted(self):
+        """Whether a take of this label started and never finished (its marker is there)."""
+        return os.path.exists(self.taking)
+
+    def leftovers(self):
+        """What an unfinished take may have left beside the backup: the marker, the partial dump, the
+        dump it was replacing."""
+        return [path for path in (self.taking, self.partial, self.previous) if os.path.exists(path)]
 
 
 def sha256_of(path):
@@ -97,6 +119,13 @@ def size_of(path):
     if os.path.isdir(path):
         return sum(os.path.getsize(os.path.join(path, n)) for n in os.listdir(path))
     return os.path.getsize(path)
+
+
+def _remove(path):
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.unlink(path)
 
 
 def _write_private(path, text):
@@ -287,12 +316,10 @@ class Backup:
         being replaced, once the new dump is written."""
         os.makedirs(self.paths.dir, mode=0o700, exist_ok=True)
         os.chmod(self.paths.dir, 0o700)
-        partial = self.paths.dump + ".partial"
-        if os.path.isdir(partial):
-            shutil.rmtree(partial)
-        elif os.path.exists(partial):
-            os.unlink(partial)
+        partial = self.paths.partial
+        _remove(partial)
         started = time.time()
+        _write_private(self.paths.taking, json.dumps({"pid": os.getpid(), "started": started}) + "\n")
         with SnapshotSession(self.pg) as session:
             snapshot = session.ask("SELECT pg_export_snapshot()")[0].strip()
             tables = _json_line(session.ask(TABLES_SQL)) or []
@@ -306,10 +333,8 @@ class Backup:
                 argv += ["-Z", str(self.compress)]
             rc, out, err = self.pg.run(argv)
         if rc != 0:
-            if os.path.isdir(partial):
-                shutil.rmtree(partial, ignore_errors=True)
-            elif os.path.exists(partial):
-                os.unlink(partial)
+            _remove(partial)
+            _remove(self.paths.taking)
             raise BackupError("pg_dump failed: %s" % self.pg.explain(err or out))
         self._chmod_tree(partial)
         checksum = sha256_of(partial)
@@ -336,22 +361,23 @@ class Backup:
         if archive_as is not None and self.paths.exists():
             self.archive(archive_as)
         if os.path.exists(self.paths.dump):
-            previous = self.paths.dump + ".previous"
-            if os.path.isdir(previous):
-                shutil.rmtree(previous)
-            elif os.path.exists(previous):
-                os.unlink(previous)
-            os.rename(self.paths.dump, previous)
+            _remove(self.paths.previous)
+            os.rename(self.paths.dump, self.paths.previous)
         os.rename(partial, self.paths.dump)
         _write_private(self.paths.meta, json.dumps(meta, indent=2, sort_keys=True) + "\n")
         _write_private(self.paths.checksum, "%s  %s\n" % (checksum, os.path.basename(self.paths.dump)))
         verified = self.verify()
-        for leftover in (self.paths.dump + ".previous",):
-            if os.path.isdir(leftover):
-                shutil.rmtree(leftover, ignore_errors=True)
-            elif os.path.exists(leftover):
-                os.unlink(leftover)
+        _remove(self.paths.previous)
+        _remove(self.paths.taking)
         return verified
+
+    def discard_unfinished(self, with_backup):
+        """Remove what a take of this label that was cut short left: the marker, the partial dump and
+        the dump it was replacing, and with ``with_backup`` the dump, checksum and metadata (only for a
+        label whose files do not verify while its marker says a take never finished)."""
+        paths = [self.paths.dump, self.paths.checksum, self.paths.meta] if with_backup else []
+        for path in paths + self.paths.leftovers():
+            _remove(path)
 
     def archive(self, label):
         """Keep the backup of this label under ``label`` (its dump, checksum and metadata renamed, the
@@ -419,6 +445,9 @@ class Backup:
             exists = False
         if not exists:
             maint.execute("CREATE DATABASE %s" % quote_ident(target))
+        started = datetime.datetime.utcnow().replace(microsecond=0).isoformat() + "Z"
+        maint.execute("COMMENT ON DATABASE %s IS %s" % (quote_ident(target), quote_literal(
+            "%s%s sha256:%s since %s" % (RESTORING_PREFIX, meta["label"], meta["sha256"], started))))
         target_pg = self.pg.for_database(target)
         rc, out, err = target_pg.run(argv + [self.paths.dump])
         if rc != 0:

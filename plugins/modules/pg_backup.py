@@ -19,9 +19,16 @@ description:
     checksum was taken. An existing verified backup with the same O(label) is reused unless O(force), or unless
     O(fingerprint) says the database changed since that backup was taken (then a new backup is taken and the old
     one is kept under another label, see RV(superseded)).
+  - Taking a backup can be cut short (a killed run, a lost session). C(pg_dump) writes C(<dump>.partial), renamed
+    into place once complete, and C(<label>.taking) marks the take from its start until the new backup verified. A
+    label whose files do not verify while that marker is there is an unfinished take, never a backup; it is removed,
+    with a warning, and a new backup is taken (see RV(unfinished)). Files that do not verify without the marker are
+    refused as before.
   - V(restored) verifies a backup, then restores it into O(target_database), creating that database when it is
     missing, and checks every table's row count against the metadata. A restored database is marked (a database
-    comment naming the backup and its checksum), so running again changes nothing.
+    comment naming the backup and its checksum), so running again changes nothing. While the restore runs the
+    comment says C(kongops.upgrade restoring <label> ...); a database left so by a restore that was cut short (a
+    killed run) is dropped and restored again, with a warning (see RV(unfinished)).
   - A restore leaves out the event triggers of the archive (they belong to the database, and only a superuser may
     create them; C(pg_restore) as Kong's role stops at the first one with C(permission denied to create event
     trigger)) and the rest of the superuser guard of a freeze (the schema C(kongops_guard) and the triggers that
@@ -171,6 +178,16 @@ reused:
   description: Whether an existing verified backup was reused.
   returned: with O(state=present)
   type: bool
+unfinished:
+  description:
+    - With O(state=present), what a run that was interrupted while it took this backup had left and this run
+      removed (in check mode, would remove), with a warning. That is the marker C(<label>.taking), the partial dump
+      C(<dump>.partial), the dump it was replacing C(<dump>.previous), and, when they do not verify, that take's
+      dump, checksum and metadata. Empty when there was nothing.
+    - With O(state=restored), the comment of a target database that an interrupted restore of this label left
+      half restored (it is dropped and restored again).
+  returned: with O(state=present); with O(state=restored) when a restore had been cut short
+  type: raw
 superseded:
   description:
     - The label under which the previous backup with O(label) was kept, because O(fingerprint) showed the
@@ -211,6 +228,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.kongops.upgrade.plugins.module_utils._backup import (
     MARKER_PREFIX,
+    RESTORING_PREFIX,
     Backup,
     BackupError,
     BackupPaths,
@@ -224,18 +242,44 @@ def superseded_label(label, meta):
     return "%s.superseded-%s" % (label, stamp)
 
 
+def discard_unfinished(module, backup, result, why):
+    """Remove what a take cut short (a killed run) left of this label; it is not a backup."""
+    paths = backup.paths
+    unfinished = [path for path in (paths.dump, paths.checksum, paths.meta) if os.path.lexists(path)]
+    unfinished = unfinished + paths.leftovers() if why else paths.leftovers()
+    result["unfinished"] = unfinished
+    module.warn("a run that was interrupted while it took backup %s left it unfinished%s: this run %s %s and takes a "
+                "new backup" % (paths.label, (" (it does not verify: %s)" % why) if why else "",
+                                "would remove" if module.check_mode else "removed", ", ".join(unfinished)))
+    if not module.check_mode:
+        backup.discard_unfinished(with_backup=bool(why))
+
+
 def ensure_present(module, backup, result):
     paths = backup.paths
     wanted = module.params["fingerprint"]
     facts = backup.preflight()
-    result.update(server_version_num=facts["server_version_num"], superseded=None)
+    result.update(server_version_num=facts["server_version_num"], superseded=None, unfinished=[])
     archive_as = None
+    meta = None
     if paths.exists() and not module.params["force"]:
         try:
             meta = backup.verify()
         except BackupError as exc:
-            raise BackupError("a backup labelled %s exists in %s but does not verify (%s). Nothing was changed; use "
-                              "force=true to replace it or choose another label" % (paths.label, paths.dir, exc)) from exc
+            # A take cut short leaves its marker (<label>.taking): what it left is not a backup. Anything
+            # else that does not verify is someone's backup, damaged: it is never touched without force.
+            if not paths.interrupted():
+                raise BackupError("a backup labelled %s exists in %s but does not verify (%s). Nothing was changed; use "
+                                  "force=true to replace it or choose another label" % (paths.label, paths.dir, exc)) from exc
+            discard_unfinished(module, backup, result, str(exc))
+    if meta is not None and paths.leftovers():
+        # The backup verifies: its take was cut short while cleaning up after itself.
+        result["unfinished"] = paths.leftovers()
+        if not module.check_mode:
+            backup.discard_unfinished(with_backup=False)
+    elif meta is None and paths.leftovers() and not result["unfinished"]:
+        discard_unfinished(module, backup, result, None)
+    if meta is not None:
         if wanted is None or meta.get("fingerprint") == wanted:
             result.update(changed=False, reused=True, verified=True, checksum=meta["checksum"], metadata=meta)
             return
@@ -264,6 +308,14 @@ def ensure_restored(module, backup, result):
         return
     ours = "%s%s sha256:" % (MARKER_PREFIX, meta["label"])
     replace = bool(exists and comment and comment.startswith(ours) and module.params["replace_restored"])
+    # A restore of this label that was cut short (a killed run) left its database half restored.
+    unfinished = bool(exists and comment and comment.startswith("%s%s sha256:" % (RESTORING_PREFIX, meta["label"])))
+    if unfinished:
+        replace = True
+        result["unfinished"] = comment
+        module.warn("database %s was left half restored by an interrupted run (its comment: %r): it %s dropped and "
+                    "restored again from backup %s" % (target, comment, "would be" if module.check_mode else "is",
+                                                       meta["label"]))
     if exists and tables and not (module.params["force"] or replace):
         raise BackupError("database %s already has %d tables and was not restored from backup %s (its comment: %r). "
                           "Nothing was changed; choose an empty or new target_database, or force=true to overwrite it"

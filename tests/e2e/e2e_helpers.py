@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +39,9 @@ class PlaybookRun:
         return f"rc={self.rc}\n{self.stdout[-6000:]}\n{self.stderr[-3000:]}"
 
 
-def run_playbook(name: str, inventory: Path, extra_vars: dict[str, Any], tmp_path: Path,
-                 timeout: float = 900, check: bool = False, env: dict[str, str] | None = None) -> PlaybookRun:
-    """`ansible-playbook -i <inventory> playbooks/<name>.yml -e @vars.yml [--check]` from the checkout
-    (``env``: more variables for the control node's environment)."""
+def _playbook_command(name: str, inventory: Path, extra_vars: dict[str, Any], tmp_path: Path, check: bool,
+                      env: dict[str, str] | None) -> tuple[list[str], dict[str, str]]:
+    """The argv and environment of `ansible-playbook -i <inventory> playbooks/<name>.yml -e @vars.yml`."""
     vars_file = tmp_path / f"vars-{name}.yml"
     vars_file.write_text(yaml.safe_dump(extra_vars), encoding="utf-8")
     vars_file.chmod(0o600)
@@ -46,10 +50,95 @@ def run_playbook(name: str, inventory: Path, extra_vars: dict[str, Any], tmp_pat
     # A controller with secrets in its environment, as an operator's shell may have: they must reach
     # no node. Kong writes every setting it takes from KONG_* variables into <prefix>/.kong_env
     # (pg_ro_password is one; KONG_ADMIN_TOKEN is no Kong setting and real Kong ignores it).
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=REPO,
-                          env=ansible_env({"KONG_ADMIN_TOKEN": CONTROLLER_TOKEN,
-                                           "KONG_PG_RO_PASSWORD": CONTROLLER_TOKEN, **(env or {})}), check=False)
+    return argv, ansible_env({"KONG_ADMIN_TOKEN": CONTROLLER_TOKEN, "KONG_PG_RO_PASSWORD": CONTROLLER_TOKEN,
+                              **(env or {})})
+
+
+def run_playbook(name: str, inventory: Path, extra_vars: dict[str, Any], tmp_path: Path,
+                 timeout: float = 900, check: bool = False, env: dict[str, str] | None = None) -> PlaybookRun:
+    """`ansible-playbook -i <inventory> playbooks/<name>.yml -e @vars.yml [--check]` from the checkout
+    (``env``: more variables for the control node's environment)."""
+    argv, environ = _playbook_command(name, inventory, extra_vars, tmp_path, check, env)
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=environ, check=False)
     return PlaybookRun(proc)
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every living descendant of ``pid``, from the parent links in /proc (never by name)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            # /proc/<pid>/stat: "pid (comm) state ppid ..."; comm may hold spaces and parentheses.
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def kill_process_tree(pid: int) -> set[int]:
+    """SIGKILL ``pid`` and all its descendants, as a crash of the control node would end them: the
+    tree is stopped first (SIGSTOP, until no new child appears), so that none forks a child that
+    outlives the kill. Returns the pids killed. Processes that detached (Ansible's async jobs run
+    under init) are not descendants and live on, as they would after a real crash."""
+    stopped: set[int] = set()
+    while True:
+        tree = {pid} | _descendants(pid)
+        new = tree - stopped
+        if not new:
+            break
+        for each in new:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(each, signal.SIGSTOP)
+        stopped |= new
+    for each in stopped:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(each, signal.SIGKILL)
+    return stopped
+
+
+def run_playbook_killed_when(name: str, inventory: Path, extra_vars: dict[str, Any], tmp_path: Path,
+                             predicate: Callable[[], Any], deadline: float = 600, what: str = "",
+                             env: dict[str, str] | None = None) -> tuple[PlaybookRun, Any]:
+    """Run the playbook as `run_playbook` does, poll ``predicate()`` every 0.2 s from outside, and
+    SIGKILL ansible-playbook and every descendant (`kill_process_tree`) as soon as it returns
+    something truthy; returns the killed run (rc -9) and what the predicate returned. Fails the test
+    when the playbook ends first or ``deadline`` seconds pass (``what`` names the moment awaited)."""
+    argv, environ = _playbook_command(name, inventory, extra_vars, tmp_path, False, env)
+    out_path, err_path = tmp_path / f"killed-{name}.stdout", tmp_path / f"killed-{name}.stderr"
+    with out_path.open("w") as out, err_path.open("w") as err:
+        proc = subprocess.Popen(argv, stdout=out, stderr=err, text=True, cwd=REPO, env=environ)  # noqa: S603 (our argv)
+        seen: Any = None
+        try:
+            end = time.monotonic() + deadline
+            while proc.poll() is None and time.monotonic() < end:
+                seen = predicate()
+                if seen:
+                    kill_process_tree(proc.pid)
+                    break
+                time.sleep(0.2)
+        finally:
+            if proc.poll() is None and not seen:
+                kill_process_tree(proc.pid)
+            proc.wait(timeout=60)
+    run = PlaybookRun(subprocess.CompletedProcess(argv, proc.returncode, out_path.read_text(), err_path.read_text()))
+    assert seen, f"the playbook {'ended' if proc.returncode != -signal.SIGKILL else 'ran ' + str(deadline) + ' s'} " \
+                 f"before {what or 'the moment to kill it'}:\n{run.explain()}"
+    return run, seen
+
+
+def said(run: PlaybookRun, *needles: str) -> list[str]:
+    """The lines of the run's output that hold any of ``needles`` (what a test prints as the run's own words)."""
+    return [line.strip() for line in run.stdout.splitlines() if any(needle in line for needle in needles)]
 
 
 def assert_no_controller_secret_on_nodes(lab: Any) -> None:
@@ -250,6 +339,16 @@ def _haproxy_servers(lab: Any) -> list[tuple[str, str, str]]:
     rows = [line.split() for line in data.decode().splitlines()[2:] if line.strip()]
     # columns: be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight ...
     return sorted((row[3], row[5] + "/" + row[6], row[7]) for row in rows)
+
+
+def lb_y_share(lab: Any) -> float:
+    """Y's share (percent) of the weight of the HAProxy servers that take new traffic now (up and
+    ready: not drained, not in maintenance), as the load balancer itself would split it."""
+    y_servers = {host["kong_lb_server_name"] for host in lab.hosts("kong_y").values()}
+    # state "2/0": operational state running, administrative state ready
+    serving = [(name, int(weight)) for name, state, weight in _haproxy_servers(lab) if state == "2/0"]
+    total = sum(weight for _name, weight in serving)
+    return round(100.0 * sum(weight for name, weight in serving if name in y_servers) / total, 2) if total else 0.0
 
 
 def _nginx_pid(host: dict[str, Any]) -> str | None:

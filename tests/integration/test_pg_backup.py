@@ -264,3 +264,50 @@ def test_replace_restored_refreshes_only_a_database_restored_from_the_same_label
     other = run_module("pg_backup", dict(args(lab, backup_dir, label=label, state="restored", target_database="kong"),
                                          replace_restored=True))
     assert other.failed and "already has" in other["msg"]
+
+
+def test_what_an_interrupted_take_left_is_never_reused_and_the_backup_is_taken_again(lab, backup_dir):
+    """A run killed between renaming its new dump into place and writing its checksum leaves a dump
+    without checksum, beside the marker of its take; one killed inside pg_dump leaves its partial dump.
+    Neither is a backup: a later run says what it removes and takes a verified one."""
+    label = "interrupted"
+    taken = run_module("pg_backup", args(lab, backup_dir, label=label))
+    assert not taken.failed and not (backup_dir / f"{label}.taking").exists(), "the marker outlived the take"
+    dump = backup_dir / f"{label}.dump"
+    dump.write_bytes(dump.read_bytes()[: dump.stat().st_size // 2])
+    (backup_dir / f"{label}.sha256").unlink()
+    (backup_dir / f"{label}.taking").write_text("{}")
+    (backup_dir / f"{label}.dump.partial").write_bytes(b"PGDMP")
+
+    check = run_module("pg_backup", args(lab, backup_dir, label=label), check=True)
+    assert not check.failed and check.changed and (backup_dir / f"{label}.taking").exists()
+    real, again = run_sequence("pg_backup", [
+        (args(lab, backup_dir, label=label), False),
+        (args(lab, backup_dir, label=label), False),
+    ])
+    assert not real.failed and real.changed and real["verified"] and not real["reused"], real.get("msg")
+    assert sorted(Path(path).name for path in real["unfinished"]) == sorted(
+        [f"{label}.dump", f"{label}.meta.json", f"{label}.taking", f"{label}.dump.partial"])
+    assert any("left it unfinished" in warning for warning in real.get("warnings", [])), real.get("warnings")
+    assert sorted(path.name for path in backup_dir.glob(f"{label}.*")) == \
+        [f"{label}.dump", f"{label}.meta.json", f"{label}.sha256"]
+    assert real["checksum"] == sha256(dump)
+    assert not again.failed and not again.changed and again["reused"] and again["unfinished"] == []
+
+
+def test_a_database_left_half_restored_by_an_interrupted_run_is_restored_again(lab, backup_dir):
+    target = "kong_half_restored"
+    meta = run_module("pg_backup", args(lab, backup_dir))["metadata"]  # taken, or the one taken earlier
+    # What a run killed inside pg_restore leaves: some tables, and the comment of a restore in progress.
+    lab.sql(f"CREATE DATABASE {target}", database="postgres")
+    lab.sql("CREATE TABLE services (id uuid PRIMARY KEY)", database=target)
+    lab.sql(f"COMMENT ON DATABASE {target} IS 'kongops.upgrade restoring {LABEL} sha256:{meta['sha256']} since now'",
+            database="postgres")
+    restored, again = run_sequence("pg_backup", [
+        (args(lab, backup_dir, state="restored", target_database=target), False),
+        (args(lab, backup_dir, state="restored", target_database=target), False),
+    ])
+    assert not restored.failed and restored.changed and restored["replaced"], restored.get("msg")
+    assert any("left half restored" in warning for warning in restored.get("warnings", [])), restored.get("warnings")
+    assert counts(lab, ENTITY_TABLES, database=target) == {table: meta["row_counts"][table] for table in ENTITY_TABLES}
+    assert not again.failed and not again.changed
