@@ -26,6 +26,7 @@ import re
 import select
 import shutil
 import subprocess
+import threading
 import time
 
 from ansible_collections.kongops.upgrade.plugins.module_utils._kong_tables import is_config_table
@@ -204,18 +205,17 @@ def _json_line(lines):
     return json.loads(text) if text else None
 
 
-TABLES_SQL = ("SELECT coalesce(json_agg(c.relname ORDER BY c.relname), '[]'::json) FROM pg_class c "
-              "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p') "
-              "AND n.nspname = current_schema()")
+# The row count of every table of the database's schema, in one statement (query_to_xml runs each
+# count inside it, so all of them see the statement's snapshot).
+COUNTS_SQL = ("SELECT coalesce(json_object_agg(c.relname, (xpath('/row/n/text()', query_to_xml(format("
+              "'SELECT count(*) AS n FROM %I.%I', n.nspname, c.relname), false, true, '')))[1]::text::bigint "
+              "ORDER BY c.relname), '{}'::json) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+              "WHERE c.relkind IN ('r', 'p') AND n.nspname = current_schema()")
 
 
-def count_rows(ask, tables):
-    """Row counts of ``tables`` with one query, through ``ask`` (a callable returning lines)."""
-    if not tables:
-        return {}
-    parts = ["SELECT %s AS t, count(*) AS n FROM %s" % (quote_literal(t), quote_ident(t)) for t in tables]
-    sql = "SELECT coalesce(json_object_agg(t, n), '{}'::json) FROM (%s) q" % " UNION ALL ".join(parts)
-    return {k: int(v) for k, v in (_json_line(ask(sql)) or {}).items()}
+def count_rows(ask):
+    """Row count of every table of the schema, through ``ask`` (a callable returning lines)."""
+    return {k: int(v) for k, v in (_json_line(ask(COUNTS_SQL)) or {}).items()}
 
 
 def schema_meta_snapshot(ask, tables):
@@ -227,6 +227,83 @@ def schema_meta_snapshot(ask, tables):
     return _json_line(ask(sql))
 
 
+def _stop(proc):
+    """Kill ``proc`` if it still runs and reap it."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+
+
+class _FollowingRead(threading.Thread):
+    """Reads a custom-format dump in full while pg_dump writes it: the file's bytes, as they are
+    appended, go to `pg_restore --file /dev/null` on its standard input.
+
+    pg_dump writes a custom-format archive front to back (header, table of contents, then each
+    table's data), and once done goes back to fill in the data offsets of the table of contents,
+    which keeps its size. What this read sees is therefore the archive pg_dump would have written to
+    a pipe (the same bytes, offsets not yet known), which pg_restore reads sequentially: every data
+    block is decompressed and decoded once, while the dump is being written instead of after it.
+    """
+
+    def __init__(self, pg, path, writer):
+        super().__init__(name="pg_backup-full-read", daemon=True)
+        self.path = path
+        self.writer = writer
+        self.errors = pg.private_path("full-read.err")
+        with open(self.errors, "wb") as err_handle:
+            self.reader = pg.spawn([pg.tool("pg_restore"), "--file", os.devnull], stdin=subprocess.PIPE,
+                                   stdout=subprocess.DEVNULL, stderr=err_handle)
+        self.failure = None
+        self.start()
+
+    def _open(self):
+        while True:
+            try:
+                return open(self.path, "rb")
+            except FileNotFoundError:
+                if self.writer.poll() is not None:
+                    return None  # pg_dump ended without writing anything: its own error says why
+                time.sleep(0.01)
+
+    def run(self):
+        try:
+            handle = self._open()
+            if handle is None:
+                return
+            with handle:
+                while True:
+                    done = self.writer.poll() is not None  # before the read: nothing written after is missed
+                    chunk = handle.read(1 << 20)
+                    if chunk:
+                        self.reader.stdin.write(chunk)
+                    elif done:
+                        return
+                    else:
+                        time.sleep(0.01)
+        except BrokenPipeError:
+            pass  # pg_restore stopped reading: its exit code and message say why
+        except OSError as exc:
+            self.failure = str(exc)
+        finally:
+            try:
+                self.reader.stdin.close()
+            except OSError:
+                pass
+
+    def finish(self):
+        """Wait for the read to end once pg_dump ended; (exit code, message) of the read. A read
+        that cannot go on (pg_dump killed) is stopped."""
+        if self.writer.poll() is None:
+            _stop(self.writer)
+        self.join()
+        rc = self.reader.wait()
+        with open(self.errors, "rb") as err_handle:
+            err = err_handle.read().decode("utf-8", "replace")
+        if self.failure:
+            return rc or 1, "%s %s" % (self.failure, err)
+        return rc, err
+
+
 class Backup:
     """Take, verify and restore one labelled backup."""
 
@@ -236,6 +313,7 @@ class Backup:
         self.jobs = jobs
         self.compress = compress
         self.check_space = check_space
+        self._listing = None
 
     # -- verification ------------------------------------------------------------
     def read_meta(self):
@@ -245,8 +323,17 @@ class Backup:
         except (OSError, ValueError) as exc:
             raise BackupError("backup metadata %s is missing or unreadable: %s" % (self.paths.meta, exc)) from exc
 
-    def verify(self):
-        """Checksum, `pg_restore --list` and a full read of the archive; returns the metadata. Raises BackupError."""
+    def verify(self, full_read=True):
+        """Check the backup on disk and return its metadata (with ``checksum``). Raises BackupError.
+
+        The checksum (against `<label>.sha256` and the metadata, which hold the checksum of the
+        dump as it was read in full when it was taken) and the table of contents
+        (`pg_restore --list`: data for every table counted in the metadata) are always checked;
+        with ``full_read`` every data block is read again (`pg_restore --file /dev/null`), which
+        finds a dump damaged in a way its recorded checksum cannot tell (one whose checksum was
+        taken from a damaged file). A restore, which reads every block itself and stops at the
+        first it cannot, trusts a dump whose checksum matches the verified one.
+        """
         if not os.path.exists(self.paths.dump):
             raise BackupError("backup %s not found" % self.paths.dump)
         meta = self.read_meta()
@@ -259,35 +346,49 @@ class Backup:
         if actual != recorded:
             raise BackupError("backup %s does not match its checksum (recorded %s, now %s): it was changed or is "
                               "incomplete" % (self.paths.dump, recorded, actual))
-        rc, out, err = self.pg.run([self.pg.tool("pg_restore"), "--list", self.paths.dump])
-        if rc != 0:
-            raise BackupError("pg_restore --list cannot read %s: %s" % (self.paths.dump, err.strip()))
-        listed = set(re.findall(r" TABLE DATA \S+ (\S+) ", out))
-        missing = sorted(t for t in meta.get("row_counts", {}) if t not in listed)
-        if missing:
-            raise BackupError("backup %s has no data for tables %s recorded in its metadata"
-                              % (self.paths.dump, ", ".join(missing)))
-        # `--list` reads only the table of contents; reading every data block (a restore into
-        # /dev/null) is what finds a dump that was truncated or damaged before its checksum was taken.
-        rc, out, err = self.pg.run([self.pg.tool("pg_restore"), "--file", os.devnull, self.paths.dump])
-        if rc != 0:
-            raise BackupError("pg_restore cannot read every data block of %s (%s): the dump is damaged or "
-                              "incomplete; take a new backup" % (self.paths.dump, (err or out).strip()))
+        if meta.get("sha256") not in (None, actual):
+            raise BackupError("backup %s does not match the checksum in its metadata %s (recorded %s, now %s): the "
+                              "dump or its metadata was changed" % (self.paths.dump, self.paths.meta,
+                                                                     meta.get("sha256"), actual))
+        self.check_contents(self.paths.dump, meta.get("row_counts", {}))
+        if full_read:
+            rc, out, err = self.pg.run([self.pg.tool("pg_restore"), "--file", os.devnull, self.paths.dump])
+            if rc != 0:
+                raise BackupError(self._unreadable(self.paths.dump, err or out))
         meta["checksum"] = actual
         return meta
+
+    def check_contents(self, dump, row_counts):
+        """`pg_restore --list` of ``dump``: it must hold data for every table in ``row_counts``.
+        Keeps the listing for the restore (see _restore_list)."""
+        rc, out, err = self.pg.run([self.pg.tool("pg_restore"), "--list", dump])
+        if rc != 0:
+            raise BackupError("pg_restore --list cannot read %s: %s" % (dump, (err or out).strip()))
+        listed = set(re.findall(r" TABLE DATA \S+ (\S+) ", out))
+        missing = sorted(t for t in row_counts if t not in listed)
+        if missing:
+            raise BackupError("backup %s has no data for tables %s recorded in its metadata"
+                              % (dump, ", ".join(missing)))
+        self._listing = out
+        return out
+
+    @staticmethod
+    def _unreadable(dump, text):
+        return ("pg_restore cannot read every data block of %s (%s): the dump is damaged or incomplete; take a new "
+                "backup" % (dump, (text or "").strip()))
 
     # -- taking ---------------------------------------------------------------------
     def preflight(self):
         """Read the server and check client version and destination; returns facts."""
-        version_num = self.pg.server_version_num()
+        rows = self.pg.query_json("SELECT current_setting('server_version_num')::int AS v, "
+                                  "pg_database_size(current_database()) AS size")
+        version_num, db_size = int(rows[0]["v"]), int(rows[0]["size"])
         client_text, client_major = self.pg.tool_version("pg_dump")
         major = server_major(version_num)
         if client_major < major:
             raise BackupError("pg_dump is version %d (%s) but the server is PostgreSQL %d: pg_dump cannot dump a "
                               "newer server. Install the PostgreSQL %d client (Debian: postgresql-client-%d) or set "
                               "pg_bin_dir" % (client_major, client_text, major, major, major))
-        rows = self.pg.query_json("SELECT pg_database_size(current_database()) AS size")
-        db_size = int(rows[0]["size"])
         return {"server_version_num": version_num, "server_major": major, "client_version": client_text,
                 "database_size_bytes": db_size}
 
@@ -313,31 +414,56 @@ class Backup:
     def take(self, facts, fingerprint=None, archive_as=None):
         """A new verified backup. ``fingerprint`` (the database's content fingerprint now) goes into the
         metadata; with ``archive_as`` the backup that had this label is kept under that label instead of
-        being replaced, once the new dump is written."""
+        being replaced, once the new dump is written.
+
+        One pass where the format allows it: while pg_dump writes the dump in the snapshot the session
+        exported, the session counts every table's rows in that same snapshot and (custom format) the
+        dump is read in full as it is written (_FollowingRead). Then its checksum and table of contents
+        are taken; only a dump that passed all of them becomes the backup."""
         os.makedirs(self.paths.dir, mode=0o700, exist_ok=True)
         os.chmod(self.paths.dir, 0o700)
         partial = self.paths.partial
         _remove(partial)
         started = time.time()
         _write_private(self.paths.taking, json.dumps({"pid": os.getpid(), "started": started}) + "\n")
+        errors = self.pg.private_path("pg_dump.err")
         with SnapshotSession(self.pg) as session:
             snapshot = session.ask("SELECT pg_export_snapshot()")[0].strip()
-            tables = _json_line(session.ask(TABLES_SQL)) or []
-            counts = count_rows(session.ask, tables)
-            schema_meta = schema_meta_snapshot(session.ask, tables)
             argv = [self.pg.tool("pg_dump"), "--snapshot", snapshot, "--no-password",
                     "-F", "c" if self.paths.format == "custom" else "d", "-f", partial]
             if self.paths.format == "directory" and self.jobs > 1:
                 argv += ["-j", str(self.jobs)]
             if self.compress is not None:
                 argv += ["-Z", str(self.compress)]
-            rc, out, err = self.pg.run(argv)
+            with open(errors, "wb") as err_handle:
+                dump = self.pg.spawn(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err_handle)
+            following = _FollowingRead(self.pg, partial, dump) if self.paths.format == "custom" else None
+            try:
+                counts = count_rows(session.ask)
+                schema_meta = schema_meta_snapshot(session.ask, counts)
+            except BaseException:
+                _stop(dump)
+                if following is not None:
+                    following.finish()
+                raise
+            rc = dump.wait()
+        with open(errors, "rb") as err_handle:
+            err = err_handle.read().decode("utf-8", "replace")
+        read_rc, read_err = following.finish() if following is not None else (0, "")
         if rc != 0:
             _remove(partial)
             _remove(self.paths.taking)
-            raise BackupError("pg_dump failed: %s" % self.pg.explain(err or out))
+            raise BackupError("pg_dump failed: %s" % self.pg.explain(err))
+        if self.paths.format != "custom":
+            read_rc, out, read_err = self.pg.run([self.pg.tool("pg_restore"), "--file", os.devnull, partial])
+            read_err = read_err or out
+        if read_rc != 0:
+            _remove(partial)
+            _remove(self.paths.taking)
+            raise BackupError(self._unreadable(partial, read_err))
         self._chmod_tree(partial)
         checksum = sha256_of(partial)
+        self.check_contents(partial, counts)
         meta = {
             "label": self.paths.label,
             "database": self.pg.database,
@@ -366,10 +492,10 @@ class Backup:
         os.rename(partial, self.paths.dump)
         _write_private(self.paths.meta, json.dumps(meta, indent=2, sort_keys=True) + "\n")
         _write_private(self.paths.checksum, "%s  %s\n" % (checksum, os.path.basename(self.paths.dump)))
-        verified = self.verify()
         _remove(self.paths.previous)
         _remove(self.paths.taking)
-        return verified
+        meta["checksum"] = checksum
+        return meta
 
     def discard_unfinished(self, with_backup):
         """Remove what a take of this label that was cut short left: the marker, the partial dump and
@@ -434,6 +560,7 @@ class Backup:
         if self.jobs > 1:
             argv += ["-j", str(self.jobs)]
         left_out = self._restore_list(argv)  # read before anything is dropped
+        statements = []
         if exists and force:
             busy = maint.query_json("SELECT pid, usename, application_name, client_addr::text AS client FROM "
                                     "pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()" % quote_literal(target))
@@ -441,21 +568,18 @@ class Backup:
                 raise BackupError("database %s has %d open connections (%s); stop the Kong nodes using it before it is "
                                   "replaced. Nothing was changed" % (target, len(busy), ", ".join(
                                       "%s@%s" % (b.get("usename"), b.get("client") or "local") for b in busy[:5])))
-            maint.execute("DROP DATABASE %s" % quote_ident(target))
+            statements = ["DROP DATABASE %s" % quote_ident(target)]
             exists = False
-        if not exists:
-            maint.execute("CREATE DATABASE %s" % quote_ident(target))
         started = datetime.datetime.utcnow().replace(microsecond=0).isoformat() + "Z"
-        maint.execute("COMMENT ON DATABASE %s IS %s" % (quote_ident(target), quote_literal(
-            "%s%s sha256:%s since %s" % (RESTORING_PREFIX, meta["label"], meta["sha256"], started))))
+        restoring = "COMMENT ON DATABASE %s IS %s" % (quote_ident(target), quote_literal(
+            "%s%s sha256:%s since %s" % (RESTORING_PREFIX, meta["label"], meta["sha256"], started)))
+        # One psql, one statement (and transaction) per -c: CREATE DATABASE cannot run inside one.
+        maint.execute(*statements + ([] if exists else ["CREATE DATABASE %s" % quote_ident(target)]) + [restoring])
         target_pg = self.pg.for_database(target)
         rc, out, err = target_pg.run(argv + [self.paths.dump])
         if rc != 0:
             raise BackupError("pg_restore into %s failed: %s. The database is left as it is for inspection; "
                               "rerun with force=true to replace it" % (target, target_pg.explain(err or out)))
-        tables = target_pg.query_json("SELECT c.relname AS t FROM pg_class c JOIN pg_namespace n ON "
-                                      "n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p') AND n.nspname = current_schema()")
-        names = [row["t"] for row in tables]
 
         def ask(sql):
             rc2, out2, err2 = target_pg.run([target_pg.tool("psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
@@ -464,7 +588,7 @@ class Backup:
                 raise PgError(target_pg.explain(err2))
             return out2.splitlines()
 
-        counts = count_rows(ask, names)
+        counts = count_rows(ask)
         expected = meta.get("row_counts", {})
         wrong = {t: {"expected": n, "restored": counts.get(t)} for t, n in expected.items() if counts.get(t) != n}
         if wrong:
@@ -477,9 +601,11 @@ class Backup:
 
     def _restore_list(self, argv):
         """Add `--use-list` to ``argv`` when entries must be left out of the restore; returns them."""
-        rc, out, err = self.pg.run([self.pg.tool("pg_restore"), "--list", self.paths.dump])
-        if rc != 0:
-            raise BackupError("pg_restore --list cannot read %s: %s" % (self.paths.dump, (err or out).strip()))
+        out = self._listing
+        if out is None:  # verify() keeps the listing it checked
+            rc, out, err = self.pg.run([self.pg.tool("pg_restore"), "--list", self.paths.dump])
+            if rc != 0:
+                raise BackupError("pg_restore --list cannot read %s: %s" % (self.paths.dump, (err or out).strip()))
         kept, left_out = split_restore_list(out)
         if left_out:
             path = self.pg.private_path("restore.list")

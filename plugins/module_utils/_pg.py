@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import tempfile
 
 from ansible.module_utils.basic import env_fallback
@@ -118,6 +119,13 @@ class PgClient:
     def run(self, argv, data=None):
         return self.module.run_command(argv, environ_update=self.env(), data=data, binary_data=data is not None)
 
+    def spawn(self, argv, stdin=None, stdout=None, stderr=None):
+        """Start ``argv`` (a list, never a shell) with this server's environment and return the
+        subprocess.Popen, for tools that must run while this process does other work."""
+        env = dict(os.environ)
+        env.update(self.env())
+        return subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=stderr, env=env, close_fds=True)
+
     def tool_version(self, name):
         rc, out, err = self.module.run_command([self.tool(name), "--version"])
         match = _VERSION_RE.search(out or "")
@@ -138,8 +146,12 @@ class PgClient:
         except ValueError as exc:
             raise PgError("psql returned something that is not JSON: %s" % out[:200]) from exc
 
-    def execute(self, sql):
-        argv = [self.tool("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", sql]
+    def execute(self, *statements):
+        """Run each statement in its own transaction (one ``-c`` each), in one psql, stopping at the
+        first that fails."""
+        argv = [self.tool("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1"]
+        for sql in statements:
+            argv += ["-c", sql]
         rc, out, err = self.run(argv)
         if rc != 0:
             raise PgError(self.explain(err or out))

@@ -13,18 +13,24 @@ description:
   - V(present) takes a dump with C(pg_dump) (custom format, or directory format with parallel jobs) and writes,
     beside it, a checksum file and a metadata JSON (server and client versions, database, size, time, label,
     a snapshot of Kong's C(schema_meta), and the row count of every table, taken from the same snapshot as the dump).
-  - A backup is verified before the module reports success, and before it is reused or restored, by its checksum,
-    C(pg_restore --list) (a table of contents with data for every table counted in the metadata), and a full read
-    of every data block (C(pg_restore --file /dev/null)), which finds a dump truncated or damaged before its
-    checksum was taken. An existing verified backup with the same O(label) is reused unless O(force), or unless
-    O(fingerprint) says the database changed since that backup was taken (then a new backup is taken and the old
-    one is kept under another label, see RV(superseded)).
+  - A backup is verified before the module reports success by a full read of every data block (C(pg_restore
+    --file /dev/null), which finds a dump truncated or damaged before its checksum was taken), C(pg_restore --list)
+    (a table of contents with data for every table counted in the metadata) and its checksum. In the custom format
+    the full read follows the dump while C(pg_dump) writes it, and the row counts are taken meanwhile in the
+    dump's snapshot, so a backup costs about what C(pg_dump) costs; in the directory format the full read follows
+    the dump. An existing backup is verified in full again before it is reused (V(present)) or by V(verified). A
+    restore checks the checksum (against the checksum file and the metadata, which hold the checksum of the dump
+    that was read in full) and the table of contents, not a second full read: C(pg_restore) reads every block as
+    it restores and stops at the first it cannot. An existing verified backup with the same O(label) is reused
+    unless O(force), or unless O(fingerprint) says the database changed since that backup was taken (then a new
+    backup is taken and the old one is kept under another label, see RV(superseded)).
   - Taking a backup can be cut short (a killed run, a lost session). C(pg_dump) writes C(<dump>.partial), renamed
     into place once complete, and C(<label>.taking) marks the take from its start until the new backup verified. A
     label whose files do not verify while that marker is there is an unfinished take, never a backup; it is removed,
     with a warning, and a new backup is taken (see RV(unfinished)). Files that do not verify without the marker are
     refused as before.
-  - V(restored) verifies a backup, then restores it into O(target_database), creating that database when it is
+  - V(restored) checks a backup (see above; a backup whose take never finished is refused), then restores it into
+    O(target_database), creating that database when it is
     missing, and checks every table's row count against the metadata. A restored database is marked (a database
     comment naming the backup and its checksum), so running again changes nothing. While the restore runs the
     comment says C(kongops.upgrade restoring <label> ...); a database left so by a restore that was cut short (a
@@ -171,7 +177,9 @@ metadata:
   returned: when the backup exists or was taken
   type: dict
 verified:
-  description: Whether the backup passed verification (checksum, C(pg_restore --list), full read of the archive).
+  description:
+    - Whether the backup passed verification (a full read of the archive when it was taken or reused, and for
+      V(verified); checksum and C(pg_restore --list) always).
   returned: always
   type: bool
 reused:
@@ -299,7 +307,13 @@ def ensure_present(module, backup, result):
 
 def ensure_restored(module, backup, result):
     target = module.params["target_database"]
-    meta = backup.verify()
+    if backup.paths.interrupted():
+        raise BackupError("the take of backup %s never finished (%s is there): it is not a backup and is not restored. "
+                          "Nothing was changed; take the backup again (state=present) or restore another label"
+                          % (backup.paths.label, backup.paths.taking))
+    # The dump was read in full when it was taken; its checksum says it is still that dump, and the
+    # restore reads every block again (stopping at the first it cannot).
+    meta = backup.verify(full_read=False)
     result.update(verified=True, checksum=meta["checksum"], metadata=meta)
     exists, comment, tables = backup.target_state(target)
     wanted = "%s%s sha256:%s " % (MARKER_PREFIX, meta["label"], meta["sha256"])

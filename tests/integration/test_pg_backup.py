@@ -170,14 +170,17 @@ def test_a_corrupted_dump_is_detected_and_never_reused(lab, backup_dir):
 
 
 def test_a_truncated_dump_with_a_matching_checksum_is_detected(lab, backup_dir):
-    """Damage before the checksum was taken: `pg_restore --list` reads only the table of contents and
-    passes; the full read of the archive catches it."""
+    """Damage before the checksum was taken (the checksum file and the metadata both hold the damaged
+    dump's checksum): `pg_restore --list` reads only the table of contents and passes; the full read of
+    the archive catches it."""
     label = "truncated"
     taken = run_module("pg_backup", args(lab, backup_dir, label=label))
     assert not taken.failed
     dump = backup_dir / f"{label}.dump"
     dump.write_bytes(dump.read_bytes()[: dump.stat().st_size // 3])
     (backup_dir / f"{label}.sha256").write_text(f"{sha256(dump)}  {dump.name}\n")
+    meta_file = backup_dir / f"{label}.meta.json"
+    meta_file.write_text(json.dumps({**json.loads(meta_file.read_text()), "sha256": sha256(dump)}))
     verified = run_module("pg_backup", args(lab, backup_dir, label=label, state="verified"))
     assert verified.failed and not verified["verified"]
     assert "cannot read every data block" in verified["msg"] and "end of file" in verified["msg"]

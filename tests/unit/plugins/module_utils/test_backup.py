@@ -64,3 +64,23 @@ def test_a_dump_whose_data_cannot_be_read_is_damaged(tmp_path):
     pg = FakePg(full_read=(1, "", "pg_restore: error: could not read from input file: end of file\n"))
     with pytest.raises(BackupError, match="cannot read every data block.*end of file"):
         Backup(pg, write_backup(tmp_path)).verify()
+
+
+def test_a_restore_trusts_a_checksum_that_matches_the_verified_one_without_a_second_full_read(tmp_path):
+    pg = FakePg(full_read=(1, "", "a full read would fail"))
+    backup = Backup(pg, write_backup(tmp_path))
+    meta = backup.verify(full_read=False)
+    assert meta["checksum"] == meta["sha256"]
+    assert [argv[1] for argv in pg.ran] == ["--list"]
+    assert backup._listing == LISTING, "the restore reuses the listing it checked"
+
+
+def test_a_dump_whose_checksum_file_was_rewritten_still_differs_from_its_metadata(tmp_path):
+    paths = write_backup(tmp_path)
+    content = b"PGDMP another dump"
+    with open(paths.dump, "wb") as handle:
+        handle.write(content)
+    with open(paths.checksum, "w") as handle:
+        handle.write(f"{hashlib.sha256(content).hexdigest()}  pre.dump\n")
+    with pytest.raises(BackupError, match="does not match the checksum in its metadata"):
+        Backup(FakePg(), paths).verify(full_read=False)

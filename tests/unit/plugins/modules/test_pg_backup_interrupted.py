@@ -173,3 +173,13 @@ def test_a_database_restoring_another_label_is_still_refused(tmp_path):
     other = (True, "kongops.upgrade restoring other sha256:abc since 2026-12-06T01:00:00Z", 12)
     with pytest.raises(BackupError, match="already has 12 tables and was not restored from backup pre"):
         restored(tmp_path, other)
+
+
+def test_a_backup_whose_take_never_finished_is_not_restored(tmp_path):
+    paths = BackupPaths(str(tmp_path), "pre", "custom")
+    write(paths, GOOD)
+    with open(paths.taking, "w") as handle:
+        handle.write("{}")
+    module = FakeModule(target_database="kong_restored", replace_restored=False)
+    with pytest.raises(BackupError, match="never finished.*Nothing was changed"):
+        pg_backup.ensure_restored(module, ScriptedBackup(FakePg(), paths), {})
