@@ -134,6 +134,8 @@ CASES = [
     ("database-missing", BG, {"kong_pg_database": "kong_typo"}, None, ["database kong_typo does not exist on", "Set kong_pg_host", DONE]),
     ("database-wrong-password", IN_PLACE, {"kong_pg_password": "not-the-password"}, None,
      ["PostgreSQL refused user kong", "check pg_user and pg_password", DONE]),
+    ("rolling-batch-size-zero-percent", "upgrade_rolling", {"kong_upgrade_rolling_batch_size": "0%"}, None,
+     ['kong_upgrade_rolling_batch_size is "0%"', 'a percentage of the nodes above 0 and at most 100 such as "25%"', DONE]),
     ("declared-dbless-on-traditional-nodes", "upgrade_rolling", {"kong_upgrade_mode": "dbless"}, None,
      ["kong_upgrade_mode is dbless, but x1 runs traditional, x2 runs traditional", DONE]),
     ("declared-data-plane-on-traditional-nodes", "plan", {"kong_upgrade_mode": "control_plane"}, None,

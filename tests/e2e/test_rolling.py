@@ -94,7 +94,8 @@ def test_rolling_upgrade_serves_every_request_keeps_the_configuration_and_is_ide
             # What the control plane lists: one row per data plane, told apart by node id only.
             rows = _data_planes(lab)
             assert len({dp["id"] for dp in rows}) == 2 and len({(dp["ip"], dp["hostname"]) for dp in rows}) == 1, rows
-        extra = dict(fast_gate(lab.run_dir), kong_upgrade_mode=mode)
+        # As a play's `serial` takes it: half of the 2 Y nodes is one node per batch.
+        extra = dict(fast_gate(lab.run_dir), kong_upgrade_mode=mode, kong_upgrade_rolling_batch_size="50%")
         if not hybrid:
             # DB-less needs no database: a run that tried to reach one would fail on this port.
             extra["kong_upgrade_pg_port"] = 1
@@ -122,7 +123,7 @@ def test_rolling_upgrade_serves_every_request_keeps_the_configuration_and_is_ide
         assert summary["requests"] > 1000
         assert summary["ok_by_version"].get(Y, 0) > 0, summary["by_version"]
 
-        # One Y node per batch: batch 1 takes Y to 50 % through the gated 10 and 25 % steps.
+        # One Y node per batch (50 % of 2): batch 1 takes Y to 50 % through the gated 10 and 25 % steps.
         assert [b["nodes"] for b in report["batches"]] == [["y1"], ["y2"]]
         assert [[s["percent"] for s in b["steps"]] for b in report["batches"]] == [[10, 25, 50], [100]]
         assert [step["verdict"] for step in report["traffic_steps"]] == ["pass"] * 4
