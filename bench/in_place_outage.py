@@ -59,7 +59,7 @@ def main() -> int:
     parser.add_argument("--y", default="3.9.1", help="Y's version (default 3.9.1)")
     parser.add_argument("--nodes", type=int, default=2, help="nodes (default 2)")
     args = parser.parse_args()
-    rounds = [one_round(args.x, args.y, args.nodes) for _ in range(args.rounds)]
+    rounds = [one_round(args.x, args.y, args.nodes) for _round in range(args.rounds)]
     print(f"In-place {args.x} -> {args.y}, {args.nodes} real Kong nodes behind HAProxy, 100 requests/s; "
           f"median of {args.rounds} round(s):")
     for key in rounds[0]:

@@ -164,6 +164,7 @@ def main() -> int:
 
         module_present("warm-up")  # the first dump reads the tables from disk into the cache
         dump_size = (backups / "warm-up.dump").stat().st_size
+
         def raw_restore(database: str, dump: Path) -> None:
             run(["createdb", database], env)
             run(["pg_restore", "--no-owner", "--exit-on-error", "-d", database, str(dump)], env)

@@ -348,8 +348,8 @@ class Backup:
                               "incomplete" % (self.paths.dump, recorded, actual))
         if meta.get("sha256") not in (None, actual):
             raise BackupError("backup %s does not match the checksum in its metadata %s (recorded %s, now %s): the "
-                              "dump or its metadata was changed" % (self.paths.dump, self.paths.meta,
-                                                                     meta.get("sha256"), actual))
+                              "dump or its metadata was changed"
+                              % (self.paths.dump, self.paths.meta, meta.get("sha256"), actual))
         self.check_contents(self.paths.dump, meta.get("row_counts", {}))
         if full_read:
             rc, out, err = self.pg.run([self.pg.tool("pg_restore"), "--file", os.devnull, self.paths.dump])

@@ -20,7 +20,7 @@ description:
     dump's snapshot, so a backup costs about what C(pg_dump) costs; in the directory format the full read follows
     the dump. An existing backup is verified in full again before it is reused (V(present)) or by V(verified). A
     restore checks the checksum (against the checksum file and the metadata, which hold the checksum of the dump
-    that was read in full) and the table of contents, not a second full read: C(pg_restore) reads every block as
+    that was read in full) and the table of contents, not a second full read, since C(pg_restore) reads every block as
     it restores and stops at the first it cannot. An existing verified backup with the same O(label) is reused
     unless O(force), or unless O(fingerprint) says the database changed since that backup was taken (then a new
     backup is taken and the old one is kept under another label, see RV(superseded)).
