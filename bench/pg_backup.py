@@ -135,27 +135,24 @@ def main() -> int:
         def note(case: str, seconds: float) -> None:
             samples.setdefault(case, []).append(seconds)
 
-        def module_present(label: str) -> dict:
-            params = {**pg_params, "state": "present", "backup_dir": str(backups), "label": label,
-                      "format": "custom", "jobs": 1, "compress": None, "force": False, "check_space": True,
-                      "fingerprint": None, "target_database": None, "replace_restored": False}
-            shim = ModuleShim(params)
-            result: dict = {}
-            with _pg.PgClient.from_params(shim) as client:
-                backup = _backup.Backup(client, _backup.BackupPaths(str(backups), label, "custom"))
-                pg_backup.ensure_present(shim, backup, result)
-            assert result["verified"] and not result["reused"], result
-            return result
-
-        def module_restored(label: str, target: str) -> dict:
-            params = {**pg_params, "state": "restored", "backup_dir": str(backups), "label": label,
+        def in_process(ensure, label: str, state: str, target: str | None = None) -> dict:
+            """pg_backup's own ``ensure`` function for ``state``, as the module runs it, without Ansible."""
+            params = {**pg_params, "state": state, "backup_dir": str(backups), "label": label,
                       "format": "custom", "jobs": 1, "compress": None, "force": False, "check_space": True,
                       "fingerprint": None, "target_database": target, "replace_restored": False}
             shim = ModuleShim(params)
             result: dict = {}
             with _pg.PgClient.from_params(shim) as client:
-                backup = _backup.Backup(client, _backup.BackupPaths(str(backups), label, "custom"))
-                pg_backup.ensure_restored(shim, backup, result)
+                ensure(shim, _backup.Backup(client, _backup.BackupPaths(str(backups), label, "custom")), result)
+            return result
+
+        def module_present(label: str) -> dict:
+            result = in_process(pg_backup.ensure_present, label, "present")
+            assert result["verified"] and not result["reused"], result
+            return result
+
+        def module_restored(label: str, target: str) -> dict:
+            result = in_process(pg_backup.ensure_restored, label, "restored", target)
             assert result["changed"] and result["restored_row_counts"], result
             return result
 
