@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import os
 import re
+import socket
+import threading
+import time
 
 from ansible.module_utils.basic import env_fallback
 
@@ -220,3 +223,66 @@ def database_settings(cli):
         "database": values.get("pg_database", "kong"),
         "database_kind": values.get("database", "postgres"),
     }
+
+
+def proxy_endpoints(prefix):
+    """The (host, port) pairs a running node's proxy listens on, from ``<prefix>/.kong_env`` (what
+    `kong start` resolved): a wildcard address is reached on the loopback of the same family."""
+    listen = read_conf_file(os.path.join(prefix, ".kong_env") if prefix else None).get("proxy_listen", "")
+    endpoints = []
+    for entry in listen.split(","):
+        words = entry.split()
+        if not words or words[0] == "off":
+            continue
+        match = re.match(r"^(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:\s]+)):(?P<port>\d+)$", words[0])
+        if not match:
+            continue
+        host = match.group("v6") or match.group("host")
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "*": "127.0.0.1"}.get(host, host)
+        endpoints.append((host, int(match.group("port"))))
+    return endpoints
+
+
+class ListenWatch:
+    """Watches, in a thread, the moment a node's proxy stops accepting connections: `kong quit`
+    closes nginx's listening sockets when its signal arrives, long before the command returns, and
+    that moment (not the launch of the command) is when clients lose the node. ``stopped_at`` is
+    the epoch of the first poll that found every endpoint refusing, or None (never seen, or nothing
+    to watch)."""
+
+    def __init__(self, endpoints, interval=0.05):
+        self.endpoints = list(endpoints)
+        self.interval = interval
+        self.stopped_at = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def _accepts(host, port):
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return True
+        except ConnectionRefusedError:
+            return False
+        except OSError:
+            # Unreachable or timing out is not "refused": keep watching (a busy node is still up).
+            return True
+
+    def _run(self):
+        while not self._done.is_set():
+            now = time.time()
+            if not any(self._accepts(host, port) for host, port in self.endpoints):
+                self.stopped_at = now
+                return
+            self._done.wait(self.interval)
+
+    def __enter__(self):
+        if self.endpoints:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._done.set()
+        if self._thread.is_alive():
+            self._thread.join(2)
+        return False

@@ -118,6 +118,14 @@ duration_seconds:
   description: How long the command took.
   returned: when a command ran
   type: float
+stopped_answering_epoch:
+  description:
+    - When the stopped node's proxy stopped accepting connections (seconds since the epoch, the node's clock),
+      watched while the stop command ran; the command's end when that was not seen.
+    - Clients lose the node at this moment, not when the command was launched or returned.
+  returned: when O(state=stopped) stopped a node whose prefix names its C(proxy_listen)
+  type: float
+  sample: 1796371200.125
 ready:
   description: How the started node was judged ready (the URL that answered, after how many seconds).
   returned: when O(state=started) or O(state=restarted) and O(admin_url) or O(status_url) is given
@@ -135,8 +143,10 @@ from ansible_collections.kongops.upgrade.plugins.module_utils._kong_cli import (
     KONG_NODE_ARGSPEC,
     KongCli,
     KongCliError,
+    ListenWatch,
     error_log_path,
     error_log_problems,
+    proxy_endpoints,
     read_conf_file,
 )
 
@@ -279,8 +289,13 @@ def main():
     log_offset = log_size(log_path)
     started = time.time()
     with_conf = command[0] in ("start", "restart", "reload")
-    outcome = cli.run(command, with_conf=with_conf, db_options=command[0] in ("start", "restart"))
+    # Stopping: when the proxy stopped accepting (clients lose the node then, not when the command ends).
+    watched = proxy_endpoints(params["prefix"]) if state == "stopped" else []
+    with ListenWatch(watched) as watch:
+        outcome = cli.run(command, with_conf=with_conf, db_options=command[0] in ("start", "restart"))
     result["duration_seconds"] = round(time.time() - started, 3)
+    if watched:
+        result["stopped_answering_epoch"] = watch.stopped_at if watch.stopped_at is not None else time.time()
     result["commands"].append(outcome.as_dict())
     if outcome.rc != 0:
         module.fail_json(msg="`kong %s` failed for the node in %s (rc=%s): %s" % (

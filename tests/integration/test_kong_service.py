@@ -12,6 +12,7 @@ bootstrapped.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -61,8 +62,12 @@ def test_start_and_quit_of_a_3_9_node_four_ways(lab):
     assert "running: False" in real["diff"]["before"] and "running: True" in real["diff"]["after"]
     assert serves(lab, "y1")
 
+    before = time.time()
     check, real, *_again = four_ways("kong_service", service_args(lab, "y1", "stopped", quit_timeout=5))
     assert check["planned"] == "kong quit -t 5 -w 0" and not check["running"]
+    # When the proxy stopped accepting, watched while `kong quit` ran (the in-place window opens there).
+    assert "stopped_answering_epoch" not in check
+    assert before < real["stopped_answering_epoch"] < time.time(), real
     assert not real["running"] and real["commands"][0]["cmd"].split()[1] == "quit"
     assert any("Kong stopped (gracefully)" in line for line in real["commands"][0]["stdout_lines"])
     assert not serves(lab, "y1")
@@ -118,3 +123,35 @@ def test_workers_that_die_at_start_fail_the_start_with_the_error_log(lab, tmp_pa
     assert second["running_before"], "kong health says a node whose workers died is running"
     assert not health.failed and health["running_before"] and not health["running"]
     assert not Path(lab.host("y2")["kong_prefix"], "pids", "nginx.pid").exists()
+
+
+def test_smoke_test_of_a_node_ready_then_its_requests_in_one_run(lab):
+    """kong_smoke_test on real Kong 3.9.1: ready on /status/ready, then each request's status judged (Kong
+    answers 404 for a path no route matches), in check mode as in a real run; a node that is not running
+    fails on its readiness, saying so."""
+    lab.write_node_conf("y1", extra={"pg_database": Y_DATABASE})
+    started = run_module("kong_service", service_args(lab, "y1", "started"))
+    assert not started.failed, started.get("msg")
+    host = lab.host("y1")
+    smoke = {"proxy_url": host["kong_proxy_url"], "ready_url": host["kong_status_url"] + "/status/ready",
+             "ready_timeout": 2, "metrics_url": host["kong_status_url"] + "/metrics", "metrics_timeout": 1}
+    passing = [{"path": "/nothing-here", "status": [404]}, {"path": "/", "method": "HEAD", "status": [404]}]
+    check, real = run_sequence("kong_smoke_test", [({**smoke, "requests": passing}, True),
+                                                   ({**smoke, "requests": passing}, False)])
+    for result in (check, real):
+        assert not result.failed and not result.changed, result.get("msg")
+        assert result["ready"]["url"] == host["kong_status_url"] + "/status/ready"
+        assert [(a["method"], a["status"], a["passed"]) for a in result["answers"]] == [
+            ("GET", 404, True), ("HEAD", 404, True)]
+        # No prometheus plugin in this database: nothing counted on /metrics, found and returned, not failed.
+        assert result["metrics_counted"] is False and result["metrics_status"] == 200
+
+    wrong = run_module("kong_smoke_test", {**smoke, "requests": [{"path": "/", "host": "api.example", "status": [200]}]})
+    assert wrong.failed
+    assert wrong["msg"] == f"GET {host['kong_proxy_url']}/: Status code was 404 and not [200]", wrong["msg"]
+
+    stopped = run_module("kong_service", service_args(lab, "y1", "stopped"))
+    assert not stopped.failed, stopped.get("msg")
+    gone = run_module("kong_smoke_test", {**smoke, "requests": passing})
+    assert gone.failed and gone["msg"].startswith(
+        f"the node is not ready within 2 s: {host['kong_status_url']}/status/ready did not answer"), gone["msg"]
