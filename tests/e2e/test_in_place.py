@@ -69,6 +69,11 @@ def test_in_place_upgrade_downtime_is_the_recorded_window_and_is_idempotent(tmp_
         assert downtime and float(downtime["seconds"]) > 0, downtime
         # The clients saw no longer an outage than the window the run recorded (plus 1 s).
         assert summary["longest_failure_window_seconds"] <= float(downtime["seconds"]) + 1.0, (summary, downtime)
+        # The window opens when the last X node stopped accepting connections, after the stop was launched;
+        # the proof of the configuration ran inside start_y's wait, and every phase of the window is named.
+        assert float(downtime["x_stop_started_epoch"]) < float(downtime["x_stopped_answering_epoch"]), downtime
+        assert downtime["phases"] == ["stop_x", "migrations_finished", "verify_config", "start_y", "smoke_test",
+                                      "switch_to_y"], downtime["phases"]
         assert set(summary["failed_by_reason"]) <= {"http_503", "http_502"}, summary["failed_by_reason"]
         assert summary["ok_by_version"].get(X, 0) > 0 and summary["ok_by_version"].get(Y, 0) > 0, summary["by_version"]
         assert report["migrations"]["after"] == "up_to_date"
