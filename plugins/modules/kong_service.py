@@ -22,6 +22,7 @@ author:
   - kongops.upgrade maintainers (@kongops)
 extends_documentation_fragment:
   - kongops.upgrade.attributes
+  - kongops.upgrade.smoke_requests
   - kongops.upgrade.kong_node
 options:
   state:
@@ -73,6 +74,12 @@ options:
         workers cannot be respawned.
     type: int
     default: 60
+  smoke_proxy_url:
+    description:
+      - The node's proxy, as the node reaches it. With O(state=started) or O(state=restarted), once the node is
+        ready, every request in O(smoke_requests) is sent to it directly, and a status code not expected fails the
+        module (the node is left running). A node is so smoke-tested as soon as it is ready, in the run that started it.
+    type: str
 attributes:
   check_mode:
     support: full
@@ -131,6 +138,12 @@ ready:
   returned: when O(state=started) or O(state=restarted) and O(admin_url) or O(status_url) is given
   type: dict
   sample: {"url": "http://127.0.0.1:8007/status/ready", "seconds": 1.4}
+smoke:
+  description: Each smoke request sent once the node was ready, with the status code that came back.
+  returned: when O(smoke_proxy_url) is given and the node was judged ready (not in check mode)
+  type: list
+  elements: dict
+  sample: [{"method": "GET", "path": "/echo", "status": 200, "passed": true}]
 """
 
 import os
@@ -149,6 +162,7 @@ from ansible_collections.kongops.upgrade.plugins.module_utils._kong_cli import (
     proxy_endpoints,
     read_conf_file,
 )
+from ansible_collections.kongops.upgrade.plugins.module_utils._smoke import SMOKE_REQUEST_OPTIONS, run_requests
 
 
 def is_running(cli):
@@ -233,6 +247,18 @@ def wait_ready(module, cli, log_path, log_offset):
                else "is gone", log_text)}
 
 
+def smoke_test(module, result):
+    """A ready node: the smoke requests to its proxy, failing the module (the node left running) on an answer
+    not expected."""
+    params = module.params
+    if not params["smoke_proxy_url"] or params["state"] not in ("started", "restarted"):
+        return
+    result["smoke"], problem = run_requests(params["smoke_proxy_url"], params["smoke_requests"],
+                                            validate_certs=params["validate_certs"])
+    if problem:
+        module.fail_json(msg="the node in %s is ready but fails its smoke test: %s" % (params["prefix"], problem), **result)
+
+
 def main():
     argument_spec = dict(KONG_NODE_ARGSPEC)
     argument_spec.update(
@@ -245,6 +271,8 @@ def main():
         admin_token=dict(type="str", no_log=True),
         validate_certs=dict(type="bool", default=True),
         ready_timeout=dict(type="int", default=60),
+        smoke_proxy_url=dict(type="str"),
+        smoke_requests=dict(type="list", elements="dict", default=[], options=SMOKE_REQUEST_OPTIONS),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
                            required_if=[("state", "started", ["conf"]), ("state", "restarted", ["conf"])])
@@ -279,6 +307,7 @@ def main():
         result["ready"] = wait_ready(module, cli, log_path, max(0, log_size(log_path) - 65536))
         if result["ready"].get("failed"):
             module.fail_json(msg=result["ready"].pop("msg"), **result)
+        smoke_test(module, result)
     if command is None or module.check_mode:
         result["running"] = predicted
         if command is not None:
@@ -309,6 +338,7 @@ def main():
         result["ready"] = wait_ready(module, cli, log_path, log_offset)
         if result["ready"].get("failed"):
             module.fail_json(msg=result["ready"].pop("msg"), **result)
+        smoke_test(module, result)
     if not module._diff:
         result.pop("diff", None)
     module.exit_json(**result)

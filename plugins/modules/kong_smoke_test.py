@@ -10,7 +10,7 @@ module: kong_smoke_test
 short_description: Smoke-test one Kong node directly, in one run - ready, then requests through its proxy
 version_added: 1.1.0
 description:
-  - Waits until the node is ready (O(ready_url) answers 200), then sends every request in O(requests) to its proxy
+  - Waits until the node is ready (O(ready_url) answers 200), then sends every request in O(smoke_requests) to its proxy
     (O(proxy_url)), directly and not through the load balancer, and checks each answer's status code.
   - With O(metrics_url), also checks that the node counts its answers on its Prometheus C(/metrics)
     (C(kong_http_requests_total) or C(kong_http_status)) and returns what it found; it does not fail on it.
@@ -20,6 +20,7 @@ author:
   - kongops.upgrade maintainers (@kongops)
 extends_documentation_fragment:
   - kongops.upgrade.attributes
+  - kongops.upgrade.smoke_requests
 options:
   proxy_url:
     description:
@@ -41,33 +42,6 @@ options:
       - Seconds the node may take to become ready.
     type: int
     default: 60
-  requests:
-    description:
-      - The requests to send to the proxy, one after the other.
-    type: list
-    elements: dict
-    default: []
-    suboptions:
-      path:
-        description: The path, with its query string.
-        type: str
-        required: true
-      method:
-        description: The HTTP method.
-        type: str
-        default: GET
-      host:
-        description: Sent as the C(Host) header (the route's host).
-        type: str
-      headers:
-        description: More request headers.
-        type: dict
-        default: {}
-      status:
-        description: The status codes that pass (redirects are not followed).
-        type: list
-        elements: int
-        default: [200]
   metrics_url:
     description:
       - The node's C(/metrics) (Status API); when given, the module returns whether the node counts its answers there.
@@ -101,7 +75,7 @@ EXAMPLES = r"""
   kongops.upgrade.kong_smoke_test:
     proxy_url: http://127.0.0.1:8000
     ready_url: http://127.0.0.1:8100/status/ready
-    requests:
+    smoke_requests:
       - path: /echo
         host: api.example.com
         status: [200]
@@ -133,22 +107,10 @@ import re
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.six.moves.urllib.error import HTTPError, URLError
-from ansible.module_utils.urls import open_url
+
+from ansible_collections.kongops.upgrade.plugins.module_utils._smoke import SMOKE_REQUEST_OPTIONS, fetch, run_requests
 
 COUNTED = re.compile(r"^kong_http_(requests_total|status)\{", re.MULTILINE)
-
-
-def fetch(url, method="GET", headers=None, timeout=10, validate_certs=True):
-    """(status, body) of one request, redirects not followed; (None, reason) when nothing answered."""
-    try:
-        handle = open_url(url, method=method, headers=headers or {}, timeout=timeout, validate_certs=validate_certs,
-                          follow_redirects="none")
-        return handle.getcode(), handle.read()
-    except HTTPError as exc:
-        return exc.code, exc.read() or b""
-    except (URLError, OSError, ValueError) as exc:
-        return None, str(getattr(exc, "reason", exc))
 
 
 def wait_ready(params):
@@ -164,23 +126,6 @@ def wait_ready(params):
             seen = "answered %s" % status if status is not None else "did not answer (%s)" % body
             return None, "not ready within %s s: %s %s" % (params["ready_timeout"], params["ready_url"], seen)
         time.sleep(0.25)
-
-
-def send(params, request):
-    headers = dict(request.get("headers") or {})
-    if request.get("host"):
-        headers["Host"] = request["host"]
-    method = (request.get("method") or "GET").upper()
-    expected = request.get("status") or [200]
-    status, body = fetch(params["proxy_url"].rstrip("/") + request["path"], method=method, headers=headers,
-                         timeout=params["timeout"], validate_certs=params["validate_certs"])
-    answer = {"method": method, "path": request["path"], "status": status, "passed": status in expected}
-    if status is None:
-        answer["error"] = "no answer: %s" % body
-    elif not answer["passed"]:
-        # Worded as ansible.builtin.uri words it, which the smoke test used before.
-        answer["error"] = "Status code was %s and not %s" % (status, expected)
-    return answer
 
 
 def metrics_counted(params):
@@ -201,13 +146,7 @@ def main():
             ready_url=dict(type="str", required=True),
             admin_token=dict(type="str", no_log=True),
             ready_timeout=dict(type="int", default=60),
-            requests=dict(type="list", elements="dict", default=[], options=dict(
-                path=dict(type="str", required=True),
-                method=dict(type="str", default="GET"),
-                host=dict(type="str"),
-                headers=dict(type="dict", default={}),
-                status=dict(type="list", elements="int", default=[200]),
-            )),
+            smoke_requests=dict(type="list", elements="dict", default=[], options=SMOKE_REQUEST_OPTIONS),
             metrics_url=dict(type="str"),
             metrics_timeout=dict(type="int", default=5),
             timeout=dict(type="int", default=10),
@@ -220,11 +159,10 @@ def main():
     result["ready"], problem = wait_ready(params)
     if problem:
         module.fail_json(msg="the node is %s" % problem, **result)
-    result["answers"] = [send(params, request) for request in params["requests"]]
-    failed = [answer for answer in result["answers"] if not answer["passed"]]
-    if failed:
-        module.fail_json(msg="; ".join("%s %s%s: %s" % (a["method"], params["proxy_url"].rstrip("/"), a["path"], a["error"])
-                                       for a in failed), **result)
+    result["answers"], problem = run_requests(params["proxy_url"], params["smoke_requests"], params["timeout"],
+                                              params["validate_certs"])
+    if problem:
+        module.fail_json(msg=problem, **result)
     if params["metrics_url"]:
         result["metrics_counted"], result["metrics_status"] = metrics_counted(params)
     module.exit_json(**result)

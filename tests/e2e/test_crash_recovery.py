@@ -127,16 +127,17 @@ def test_killed_with_the_database_half_migrated_the_backup_is_restored(tmp_path)
         assert report["recovery"]["action"] == "restore" and report["rollback"]["database_restored"] is True
 
 
-def test_killed_at_the_smoke_test_the_next_run_completes_the_upgrade(tmp_path):
+def test_killed_before_the_switch_to_y_the_next_run_completes_the_upgrade(tmp_path):
+    # Y runs, smoke-tested in its start jobs, every migration ran; the load balancer still sends to X.
     with running_lab(*LAB, kong="real") as lab:
         before = entity_ids(lab)
-        dead = _killed_at(lab, "smoke_test", tmp_path)
+        dead = _killed_at(lab, "switch_to_y", tmp_path)
         completed, summary = run_under_load(lab, IN_PLACE, _extra(lab), tmp_path)
         assert completed.rc == 0, completed.explain()
         assert "Doing (kong_upgrade_in_place_recover=auto): complete the upgrade" in completed.stdout, completed.explain()
         assert set(summary["failed_by_reason"]) <= {"http_503", "http_502"}, summary["failed_by_reason"]
         report = _assert_upgraded(lab, before)
-        assert report["recovery"]["action"] == "complete" and report["recovery"]["dead_run"]["phase"] == "smoke_test"
+        assert report["recovery"]["action"] == "complete" and report["recovery"]["dead_run"]["phase"] == "switch_to_y"
         # The downtime is counted from the dead run's stop of X, and its backup is the one kept.
         assert report["downtime"]["x_stop_started"] == dead["x_stop_started"], (report["downtime"], dead)
         assert report["backup"]["checksum"] == dead["backup"]["checksum"]

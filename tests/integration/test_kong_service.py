@@ -136,8 +136,8 @@ def test_smoke_test_of_a_node_ready_then_its_requests_in_one_run(lab):
     smoke = {"proxy_url": host["kong_proxy_url"], "ready_url": host["kong_status_url"] + "/status/ready",
              "ready_timeout": 2, "metrics_url": host["kong_status_url"] + "/metrics", "metrics_timeout": 1}
     passing = [{"path": "/nothing-here", "status": [404]}, {"path": "/", "method": "HEAD", "status": [404]}]
-    check, real = run_sequence("kong_smoke_test", [({**smoke, "requests": passing}, True),
-                                                   ({**smoke, "requests": passing}, False)])
+    check, real = run_sequence("kong_smoke_test", [({**smoke, "smoke_requests": passing}, True),
+                                                   ({**smoke, "smoke_requests": passing}, False)])
     for result in (check, real):
         assert not result.failed and not result.changed, result.get("msg")
         assert result["ready"]["url"] == host["kong_status_url"] + "/status/ready"
@@ -146,12 +146,21 @@ def test_smoke_test_of_a_node_ready_then_its_requests_in_one_run(lab):
         # No prometheus plugin in this database: nothing counted on /metrics, found and returned, not failed.
         assert result["metrics_counted"] is False and result["metrics_status"] == 200
 
-    wrong = run_module("kong_smoke_test", {**smoke, "requests": [{"path": "/", "host": "api.example", "status": [200]}]})
+    wrong = run_module("kong_smoke_test", {**smoke, "smoke_requests": [{"path": "/", "host": "api.example", "status": [200]}]})
     assert wrong.failed
     assert wrong["msg"] == f"GET {host['kong_proxy_url']}/: Status code was 404 and not [200]", wrong["msg"]
 
+    # kong_service smoke-tests a node it starts (or finds running) as soon as it is ready, in the same run.
+    at_start = service_args(lab, "y1", "started", smoke_proxy_url=host["kong_proxy_url"])
+    good, bad = run_sequence("kong_service", [({**at_start, "smoke_requests": passing}, False),
+                                              ({**at_start, "smoke_requests": [{"path": "/", "status": [200]}]}, False)])
+    assert not good.failed and [(a["path"], a["status"]) for a in good["smoke"]] == [("/nothing-here", 404), ("/", 404)]
+    assert bad.failed and bad["running_before"] is True, bad
+    assert bad["msg"] == (f"the node in {host['kong_prefix']} is ready but fails its smoke test: "
+                          f"GET {host['kong_proxy_url']}/: Status code was 404 and not [200]"), bad["msg"]
+
     stopped = run_module("kong_service", service_args(lab, "y1", "stopped"))
     assert not stopped.failed, stopped.get("msg")
-    gone = run_module("kong_smoke_test", {**smoke, "requests": passing})
+    gone = run_module("kong_smoke_test", {**smoke, "smoke_requests": passing})
     assert gone.failed and gone["msg"].startswith(
         f"the node is not ready within 2 s: {host['kong_status_url']}/status/ready did not answer"), gone["msg"]
