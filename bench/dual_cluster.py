@@ -22,16 +22,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "lab" / "tests"))
-sys.path.insert(0, str(REPO / "tests" / "lab"))
-sys.path.insert(0, str(REPO / "tests" / "integration"))
-sys.path.insert(0, str(REPO / "tests" / "e2e"))
+from lab_paths import REPO  # first: puts the tests' helpers on sys.path
 
-from e2e_helpers import fast_gate, run_playbook  # noqa: E402  (tests/e2e)
-from labfixtures import running_lab  # noqa: E402  (tests/lab/tests)
+# isort: split
+from e2e_helpers import fast_gate, run_playbook  # tests/e2e
+from labfixtures import running_lab  # tests/lab/tests
 
-from labctl.load import LoadGenerator  # noqa: E402  (tests/lab)
+from labctl.load import LoadGenerator  # tests/lab
 
 RATE = 50  # requests per second through the load balancer, in every case
 

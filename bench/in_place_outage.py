@@ -16,14 +16,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "lab" / "tests"))
-sys.path.insert(0, str(REPO / "tests" / "lab"))
-sys.path.insert(0, str(REPO / "tests" / "integration"))
-sys.path.insert(0, str(REPO / "tests" / "e2e"))
+# First: puts the tests' helpers on sys.path.
+import lab_paths  # noqa: F401  # pylint: disable=unused-import
 
-from e2e_helpers import fast_gate, read_report, run_under_load  # noqa: E402  (tests/e2e)
-from labfixtures import running_lab  # noqa: E402  (tests/lab/tests)
+# isort: split
+from e2e_helpers import fast_gate, read_report, run_under_load  # tests/e2e
+from labfixtures import running_lab  # tests/lab/tests
 
 # The work an in-place outage cannot avoid: stop X, migrate, start Y (each phase lasts until the next starts;
 # stop_x from the moment the last X node stopped answering).
