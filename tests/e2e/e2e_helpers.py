@@ -41,12 +41,14 @@ class PlaybookRun:
 
 def _playbook_command(name: str, inventory: Path, extra_vars: dict[str, Any], tmp_path: Path, check: bool,
                       env: dict[str, str] | None) -> tuple[list[str], dict[str, str]]:
-    """The argv and environment of `ansible-playbook -i <inventory> playbooks/<name>.yml -e @vars.yml`."""
-    vars_file = tmp_path / f"vars-{name}.yml"
+    """The argv and environment of `ansible-playbook -i <inventory> playbooks/<name>.yml -e @vars.yml`
+    (``name``: one of our playbooks, or the path of a team's own playbook)."""
+    playbook = Path(name) if Path(name).is_absolute() else REPO / "playbooks" / f"{name}.yml"
+    vars_file = tmp_path / f"vars-{playbook.stem}.yml"
     vars_file.write_text(yaml.safe_dump(extra_vars), encoding="utf-8")
     vars_file.chmod(0o600)
     argv = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(inventory),
-            str(REPO / "playbooks" / f"{name}.yml"), "-e", f"@{vars_file}"] + (["--check"] if check else [])
+            str(playbook), "-e", f"@{vars_file}"] + (["--check"] if check else [])
     # A controller with secrets in its environment, as an operator's shell may have: they must reach
     # no node. Kong writes every setting it takes from KONG_* variables into <prefix>/.kong_env
     # (pg_ro_password is one; KONG_ADMIN_TOKEN is no Kong setting and real Kong ignores it).
