@@ -1,0 +1,98 @@
+"""How the roles' task files are included, read statically (docs/scale.md).
+
+A strategy runs its procedure once (a run_once block) in a play that also holds the nodes. A file
+with node steps (a loop through kongops.upgrade.node_items), or one that includes such a file,
+must be included with `run_once: false`: an include that inherits run_once is included for the
+first host only, and its node steps would silently run nowhere. Every other include inherits
+run_once: included for every host of the play, it would cost a worker per host for nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+ROLES = Path(__file__).resolve().parents[3] / "roles"
+
+
+def _tasks(items):
+    for task in items or []:
+        if not isinstance(task, dict):
+            continue
+        yield task
+        for section in ("block", "rescue", "always"):
+            yield from _tasks(task.get(section))
+
+
+def _target(task):
+    """The kong_upgrade or strategy file a task includes, or None."""
+    if "ansible.builtin.include_tasks" in task:
+        return str(task["ansible.builtin.include_tasks"])
+    role = task.get("ansible.builtin.include_role")
+    if isinstance(role, dict) and role.get("tasks_from"):
+        return str(role["tasks_from"])
+    return None
+
+
+def _files():
+    files = {}
+    for path in sorted(ROLES.glob("*/tasks/*.yml")):
+        files[(path.parent.parent.name, path.name)] = list(_tasks(yaml.safe_load(path.read_text())))
+    return files
+
+
+def _resolve(role, target):
+    """(role, file) of an include from role's tasks: include_role names kong_upgrade's files."""
+    return ("kong_upgrade", target) if (("kong_upgrade", target) in FILES and role != "kong_upgrade"
+                                         and (role, target) not in FILES) else (role, target)
+
+
+FILES = _files()
+
+
+def _with_node_steps():
+    found = {key for key, tasks in FILES.items()
+             if any("node_items" in str(task.get("loop", "")) + str(task.get("vars", "")) for task in tasks)}
+    grew = True
+    while grew:
+        grew = False
+        for key, tasks in FILES.items():
+            if key in found:
+                continue
+            if any(_target(task) and _resolve(key[0], _target(task)) in found for task in tasks):
+                found.add(key)
+                grew = True
+    return found
+
+
+def test_node_steps_are_found():
+    with_steps = _with_node_steps()
+    for key in [("kong_upgrade", "nodes.yml"), ("kong_upgrade", "start_y.yml"), ("kong_upgrade", "preflight.yml"),
+                ("rolling", "main.yml"), ("in_place", "main.yml")]:
+        assert key in with_steps, key
+    assert ("kong_upgrade", "phase.yml") not in with_steps
+
+
+def test_every_include_of_node_steps_runs_for_every_host_and_no_other_does():
+    with_steps = _with_node_steps()
+    wrong = []
+    for (role, name), tasks in FILES.items():
+        for task in tasks:
+            target = _target(task)
+            if target is None:
+                continue
+            needs = _resolve(role, target) in with_steps
+            if needs and task.get("run_once") is not False:
+                wrong.append(f"{role}/tasks/{name}: '{task.get('name')}' includes {target}, which has node steps: "
+                             "it needs run_once: false")
+            if not needs and "run_once" in task:
+                wrong.append(f"{role}/tasks/{name}: '{task.get('name')}' includes {target}, which has no node step: "
+                             "let it inherit run_once")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_each_strategy_runs_its_procedure_once():
+    for strategy in ("dual_cluster", "in_place", "blue_green", "rolling"):
+        top = yaml.safe_load((ROLES / strategy / "tasks" / "main.yml").read_text())
+        assert len(top) == 1 and top[0].get("run_once") is True and top[0].get("delegate_to") == "localhost" \
+            and top[0].get("any_errors_fatal") is True, strategy
