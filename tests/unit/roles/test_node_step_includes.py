@@ -43,8 +43,9 @@ def _files():
 
 def _resolve(role, target):
     """(role, file) of an include from role's tasks: include_role names kong_upgrade's files."""
-    return ("kong_upgrade", target) if (("kong_upgrade", target) in FILES and role != "kong_upgrade"
-                                         and (role, target) not in FILES) else (role, target)
+    own = (role, target)
+    shared = ("kong_upgrade", target)
+    return shared if shared in FILES and role != "kong_upgrade" and own not in FILES else own
 
 
 FILES = _files()
