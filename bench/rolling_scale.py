@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -48,6 +49,16 @@ TEAM_PLAY = """\
 """
 
 
+def _cpu_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine, from /proc/stat (Linux), or (0, 0)."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return 0, 0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
 def one_run(size: int, shape: str, kong: str, x: str, y: str, batch: str) -> dict[str, Any]:
     lab_args = ("--x-version", x, "--y-version", y, "--x-nodes", str(size), "--y-nodes", str(size), "--mode", "dbless")
     with running_lab(*lab_args, kong=kong) as lab, tempfile.TemporaryDirectory() as tmp:
@@ -63,22 +74,27 @@ def one_run(size: int, shape: str, kong: str, x: str, y: str, batch: str) -> dic
             Path(playbook).write_text(TEAM_PLAY, encoding="utf-8")
         load = LoadGenerator(lab.frontend, targets=lab.load_targets, duration=3600, rate=RATE).start()
         try:
-            start = time.perf_counter()
+            start, (busy0, total0) = time.perf_counter(), _cpu_ticks()
             run = run_playbook(playbook, lab.inventory_path, extra, Path(tmp), timeout=3600, env=env)
-            seconds = time.perf_counter() - start
+            seconds, (busy1, total1) = time.perf_counter() - start, _cpu_ticks()
         finally:
             load.stop()
         if run.rc != 0:
             raise SystemExit(f"the rolling upgrade of {size}+{size} nodes ({shape}) failed:\n{run.explain()}")
         tasks = json.loads(times_file.read_text()) if times_file.is_file() else {}
-    return {"seconds": seconds, "failed": load.summary()["failed"], "tasks": tasks}
+    # How busy the machine's cores were during the run: the control node, the load balancer, the load
+    # generator and every (emulated) node share them on the lab, so a run near 100 % is bound by CPU.
+    busy = (busy1 - busy0) / (total1 - total0) if total1 > total0 else float("nan")
+    return {"seconds": seconds, "failed": load.summary()["failed"], "tasks": tasks, "cpu_busy": busy}
 
 
 def _report(shape: str, sizes: list[int], runs: dict[int, list[dict[str, Any]]], top: int) -> dict[int, float]:
     median = {size: statistics.median(r["seconds"] for r in runs[size]) for size in sizes}
     print(f"{SHAPES[shape]}:")
     for size in sizes:
-        print(f"  {size:3}+{size:<3} {median[size]:8.1f} s   failed requests {sum(r['failed'] for r in runs[size])}")
+        busy = statistics.median(r["cpu_busy"] for r in runs[size])
+        print(f"  {size:3}+{size:<3} {median[size]:8.1f} s   failed requests {sum(r['failed'] for r in runs[size])}"
+              f"   CPU busy {busy:.0%} of {os.cpu_count()} cores")
     for small, large in zip(sizes, sizes[1:], strict=False):
         print(f"  time({large}+{large}) / time({small}+{small}) = {median[large] / median[small]:.2f}; "
               f"{(median[large] - median[small]) / (large - small):.2f} s per extra node pair")

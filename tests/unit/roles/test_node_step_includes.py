@@ -4,7 +4,10 @@ A strategy runs its procedure once (a run_once block) in a play that also holds 
 with node steps (a loop through kongops.upgrade.node_items), or one that includes such a file,
 must be included with `run_once: false`: an include that inherits run_once is included for the
 first host only, and its node steps would silently run nowhere. Every other include inherits
-run_once: included for every host of the play, it would cost a worker per host for nothing."""
+run_once: included for every host of the play, it would cost a worker per host for nothing.
+An include or node step that applies only sometimes may template run_once as the negation of its
+`when` (over every host where it applies, skipped once where it does not); it must then have a
+`when` of its own or from its block."""
 
 from __future__ import annotations
 
@@ -15,13 +18,23 @@ import yaml
 ROLES = Path(__file__).resolve().parents[3] / "roles"
 
 
-def _tasks(items):
+def _tasks(items, conditional=False):
+    """Every task, block included, each with `_conditional`: it or a block around it has a `when`."""
     for task in items or []:
         if not isinstance(task, dict):
             continue
-        yield task
+        here = conditional or "when" in task
+        yield {**task, "_conditional": here}
         for section in ("block", "rescue", "always"):
-            yield from _tasks(task.get(section))
+            yield from _tasks(task.get(section), here)
+
+
+def _runs_for_every_host(task):
+    """run_once: false, or a template (skipped once where the task does not apply) under a `when`."""
+    run_once = task.get("run_once")
+    if run_once is False:
+        return True
+    return isinstance(run_once, str) and run_once.strip().startswith("{{") and task["_conditional"]
 
 
 def _target(task):
@@ -83,13 +96,27 @@ def test_every_include_of_node_steps_runs_for_every_host_and_no_other_does():
             if target is None:
                 continue
             needs = _resolve(role, target) in with_steps
-            if needs and task.get("run_once") is not False:
+            if needs and not _runs_for_every_host(task):
                 wrong.append(f"{role}/tasks/{name}: '{task.get('name')}' includes {target}, which has node steps: "
-                             "it needs run_once: false")
+                             "it needs run_once: false (or a run_once template under a when)")
             if not needs and "run_once" in task:
                 wrong.append(f"{role}/tasks/{name}: '{task.get('name')}' includes {target}, which has no node step: "
                              "let it inherit run_once")
     assert not wrong, "\n".join(wrong)
+
+
+def test_every_node_step_runs_for_every_host():
+    wrong = [f"{role}/tasks/{name}: '{task.get('name')}'"
+             for (role, name), tasks in FILES.items() for task in tasks
+             if "node_items" in str(task.get("loop", "")) and not _runs_for_every_host(task)]
+    assert not wrong, "node steps without run_once: false (or a run_once template under a when):\n" + "\n".join(wrong)
+
+
+def test_a_templated_run_once_is_found_and_needs_a_when():
+    templated = [task for tasks in FILES.values() for task in tasks if isinstance(task.get("run_once"), str)]
+    assert templated, "the templated run_once of nodes.yml and the rolling steps should be found"
+    assert not _runs_for_every_host({"run_once": "{{ x }}", "_conditional": False})
+    assert _runs_for_every_host({"run_once": "{{ x }}", "_conditional": True})
 
 
 def test_each_strategy_runs_its_procedure_once():
