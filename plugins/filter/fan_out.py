@@ -9,6 +9,8 @@ each node runs its own item, so Ansible's forks run the step on every node at on
 the control node alone (a team's own play that includes our role), the control node runs every
 item by delegation, one after the other, as before. ``node_items`` says which items a host runs,
 ``fan_in`` gathers what every host registered, ``failure`` finds what failed wherever it failed.
+``step_hosts`` names the hosts a phase that concerns a few nodes is included for (the play's first
+host and those nodes), so its tasks cost the control node nothing for the other hosts.
 """
 
 from __future__ import annotations
@@ -38,6 +40,16 @@ def node_items(nodes, host, play_hosts):
     if play_hosts and host == play_hosts[0]:
         items.extend(node for node in nodes if node not in play_hosts and node not in items)
     return items
+
+
+def step_hosts(nodes, play_hosts):
+    """The hosts of the play that a phase concerning ``nodes`` is included for: the play's first
+    host (it runs the phase's run_once tasks and the items of nodes outside the play), then every
+    node of ``nodes`` that is a host of the play, in the play's order. Pass it to node_items and
+    fan_in inside the phase in place of the play's hosts."""
+    nodes = set(_names(nodes, "step_hosts"))
+    play_hosts = _names(play_hosts, "step_hosts (play hosts)")
+    return [host for index, host in enumerate(play_hosts) if index == 0 or host in nodes]
 
 
 def _get(container, key, default=None):
@@ -105,4 +117,4 @@ class FilterModule:
     """Node steps over the play's hosts."""
 
     def filters(self):
-        return {"node_items": node_items, "fan_in": fan_in, "failure": failure}
+        return {"node_items": node_items, "fan_in": fan_in, "failure": failure, "step_hosts": step_hosts}

@@ -6,7 +6,7 @@ import pytest
 from ansible.errors import AnsibleFilterError
 from jinja2.runtime import Undefined
 
-from ansible_collections.kongops.upgrade.plugins.filter.fan_out import failure, fan_in, node_items
+from ansible_collections.kongops.upgrade.plugins.filter.fan_out import failure, fan_in, node_items, step_hosts
 
 NODES = ["y1", "y2", "y3"]
 
@@ -82,3 +82,24 @@ def test_fan_in_puts_the_results_in_the_order_of_the_steps_nodes():
     assert [result["kong_upgrade_item"] for result in gathered] == ["y1", "y2", "y3"]
     by_job = {"y1": {"reg": {"results": [{"kong_upgrade_job": "y1"}]}}}
     assert fan_in("reg", by_job, ["y1"], ["y1"], loop_var="kong_upgrade_job") == [{"kong_upgrade_job": "y1"}]
+
+
+def test_step_hosts_are_the_first_host_and_the_phase_nodes_in_play_order():
+    play = ["localhost", "x1", "x2", "y1", "y2", "y3"]
+    assert step_hosts(["y3", "y1"], play) == ["localhost", "y1", "y3"]
+    assert step_hosts([], play) == ["localhost"]
+    assert step_hosts(["y9"], play) == ["localhost"]  # not a host of the play: the first host runs it
+    assert step_hosts(["x1"], ["x1", "localhost"]) == ["x1"]
+
+
+def test_inside_a_phase_every_node_item_runs_exactly_once():
+    play = ["localhost", "x1", "x2", "y1", "y2", "y3"]
+    for nodes in (["y1", "y2"], ["y1", "x2"], ["y3", "y9"], []):
+        here = step_hosts(["y1", "y2"], play)
+        ran = [item for host in here for item in node_items(nodes, host, here)]
+        assert sorted(ran) == sorted(nodes), nodes  # nodes outside the phase fall to its first host
+
+
+def test_step_hosts_refuses_a_string():
+    with pytest.raises(AnsibleFilterError, match="list of host names"):
+        step_hosts("y1", ["localhost", "y1"])
