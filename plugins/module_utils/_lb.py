@@ -383,6 +383,19 @@ class NginxDriver:
                               % (self.reload_timeout, " %s" % self.error_log if self.error_log else ""))
             time.sleep(0.05)
 
+    def _replace(self, text):
+        """Put ``text`` in the upstream file with one rename (AnsibleModule.atomic_move): the file is
+        never missing, and keeps its owner, group, mode and SELinux context."""
+        directory = os.path.dirname(os.path.abspath(self.upstream_file))
+        fd, tmp = tempfile.mkstemp(prefix=".upstream-", dir=directory)
+        try:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(text)
+            self.module.atomic_move(tmp, self.upstream_file)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
     def apply(self, changes):
         text = self._read_text()
         current = self.parse(text)
@@ -394,20 +407,12 @@ class NginxDriver:
         new_text = self.render(text, desired)
         if new_text == text:
             return False
-        directory = os.path.dirname(os.path.abspath(self.upstream_file))
-        backup = self.upstream_file + ".kongops-previous"
-        fd, tmp = tempfile.mkstemp(prefix=".upstream-", dir=directory)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(new_text)
-        os.chmod(tmp, os.stat(self.upstream_file).st_mode & 0o7777)
-        os.rename(self.upstream_file, backup)
-        os.rename(tmp, self.upstream_file)
+        self._replace(new_text)
         rc, out, err = self.module.run_command(self._nginx_argv(["-t", "-q"]))
         if rc != 0:
-            os.rename(backup, self.upstream_file)
+            self._replace(text)
             raise LbError("nginx -t rejected the new upstream file, the previous one is back in place: %s"
                           % (err or out).strip())
-        os.unlink(backup)
         before = self.workers()[0] if self.pidfile else None
         rc, out, err = self.module.run_command(self._nginx_argv(["-s", "reload"]))
         if rc != 0:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -114,6 +115,30 @@ def test_a_weight_change_four_ways(lab):
         assert lb_state(lab)["x1"][0] == "40"
     restored = run_module("lb_weight", weights(lab, weights={"x1": 100}))
     assert not restored.failed and restored.changed
+
+
+def test_nginx_upstream_file_keeps_its_owner_and_mode(lab):
+    """The module rewrites NGINX's upstream file with one atomic rename that keeps the file's
+    attributes (a hand-made swap lost its owner and SELinux context and briefly left no file)."""
+    if lab.lb["kong_lb_driver"] != "nginx":
+        pytest.skip("NGINX's upstream file only")
+    upstream = Path(lab.lb["kong_lb_nginx_upstream_file"])
+    before = upstream.stat()
+    os.chown(upstream, 65534, 65534)  # nobody: what a team's deploy user might own it as
+    os.chmod(upstream, 0o640)
+    try:
+        result = run_module("lb_weight", weights(lab, weights={"x2": 30}))
+        assert not result.failed and result.changed
+        after = upstream.stat()
+        assert (after.st_uid, after.st_gid, after.st_mode & 0o7777) == (65534, 65534, 0o640)
+        line = next(line for line in upstream.read_text(encoding="utf-8").splitlines() if line.rstrip().endswith("# x2"))
+        assert after.st_ino != before.st_ino and re.search(r"\bweight=30\b", line), line
+        assert not [p.name for p in upstream.parent.iterdir() if p.name.startswith(".upstream-")]
+    finally:
+        restored = run_module("lb_weight", weights(lab, weights={"x2": 100}))
+        os.chown(upstream, before.st_uid, before.st_gid)
+        os.chmod(upstream, before.st_mode & 0o7777)
+    assert not restored.failed
 
 
 def held_requests(lab, key, count):
