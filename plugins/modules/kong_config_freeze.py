@@ -178,6 +178,7 @@ frozen:
   description: Whether the configuration is frozen after the module ran.
   returned: always
   type: bool
+  sample: true
 frozen_at:
   description: When the freeze was taken (UTC).
   returned: when frozen
@@ -187,37 +188,47 @@ run_id:
   description: The run holding the freeze.
   returned: when frozen
   type: str
+  sample: kong-3.9.1-to-3.10.0
 enforced:
   description: Whether writes are enforced (false for DB-less nodes).
   returned: always
   type: bool
+  sample: true
 superuser_guard:
   description:
     - Whether the superuser guard of the freeze is in place after the module ran (in check mode, whether it would
       be).
   returned: with O(mode=database)
   type: bool
+  sample: false
 guarded_tables:
   description: Configuration tables carrying the guard.
   returned: with O(mode=database)
   type: list
   elements: str
+  sample: ["ca_certificates", "certificates", "consumers", "plugins", "routes", "services", "snis", "targets", "upstreams", "workspaces"]
 newly_guarded:
   description: Tables guarded by this run (new tables since the freeze, or all at the first freeze).
   returned: with O(mode=database)
   type: list
   elements: str
+  sample: ["ca_certificates", "certificates", "consumers", "plugins", "routes", "services", "snis", "targets", "upstreams", "workspaces"]
 fingerprint:
   description: The configuration fingerprint now.
   returned: always
   type: dict
+  sample: {"hash": "08efdd05282694c3d26e7192ce789886a0dc803a5466673470a9678c6d14351b",
+           "keys_hash": "431de7cc7a0c6611fd106b4c842bd999ae10d4971cdc8da3031490bc29d77030",
+           "counts": {"services": 120, "routes": 240}}
   contains:
     hash:
       description: sha256 over every configuration table's count and row hashes (DB-less, the configuration hash).
       type: str
+      sample: 08efdd05282694c3d26e7192ce789886a0dc803a5466673470a9678c6d14351b
     keys_hash:
       description: sha256 over every configuration table's count and primary keys; stable across migrations.
       type: str
+      sample: 431de7cc7a0c6611fd106b4c842bd999ae10d4971cdc8da3031490bc29d77030
     counts:
       description: Row count per configuration table.
       type: dict
@@ -226,6 +237,16 @@ recorded_fingerprint:
   description: The fingerprint recorded when the configuration was frozen (hash, keys_hash, counts).
   returned: with O(mode=database) while the configuration is frozen
   type: dict
+  sample: {"hash": "08efdd05282694c3d26e7192ce789886a0dc803a5466673470a9678c6d14351b",
+           "keys_hash": "431de7cc7a0c6611fd106b4c842bd999ae10d4971cdc8da3031490bc29d77030",
+           "counts": {"services": 120, "routes": 240}}
+compare_fingerprint:
+  description: The fingerprint of O(compare_database) (hash, keys_hash, counts), compared with this database's.
+  returned: when O(compare_database) is given
+  type: dict
+  sample: {"hash": "08efdd05282694c3d26e7192ce789886a0dc803a5466673470a9678c6d14351b",
+           "keys_hash": "431de7cc7a0c6611fd106b4c842bd999ae10d4971cdc8da3031490bc29d77030",
+           "counts": {"services": 120, "routes": 240}}
 schema_changed_since_freeze:
   description:
     - Whether the schema (the configuration tables' columns and the migrations in C(schema_meta)) differs from the
@@ -233,14 +254,17 @@ schema_changed_since_freeze:
       whether the database is still the one it froze.
   returned: with O(mode=database) while the configuration is frozen
   type: bool
+  sample: false
 unchanged:
   description: With V(verified), whether the configuration is unchanged since the freeze, and how it was compared.
   returned: with O(state=verified)
   type: dict
+  sample: {"unchanged": true, "compared": "exact"}
 differences:
   description: Tables whose configuration differs from the freeze or from O(compare_database).
   returned: with O(state=verified) or O(compare_database)
   type: dict
+  sample: {"routes": {"frozen_count": 240, "count": 241}}
 """
 
 import contextlib

@@ -106,6 +106,8 @@ state_before:
   description: The migration state read before any change.
   returned: always
   type: dict
+  sample: {"state": "new", "needs_bootstrap": false, "executed": {"core": ["000_base", "003_100_to_110"], "session": ["000_base_session"]},
+           "pending": {}, "new": {"session": ["003_330_to_3100"]}, "missing": {}}
   contains:
     state:
       description: One of C(up_to_date), C(needs_bootstrap), C(pending), C(new) (C(kong migrations list) exit 0, 3, 4, 5).
@@ -135,6 +137,9 @@ state_after:
   description: The migration state after the run (equal to RV(state_before) in check mode).
   returned: always
   type: dict
+  sample: {"state": "up_to_date", "needs_bootstrap": false,
+           "executed": {"core": ["000_base", "003_100_to_110"], "session": ["000_base_session", "003_330_to_3100"]},
+           "pending": {}, "new": {}, "missing": {}}
 planned:
   description:
     - The C(kong migrations) subcommands the state called for when the module started.
@@ -164,12 +169,15 @@ lock:
     owner:
       description: The lock's owner (a node id).
       type: str
+      sample: 3f0c2b8e-1b9d-4b47-9a07-7c1fd0e6a1f5
     ttl:
       description: When the lock expires.
       type: str
+      sample: "2026-11-22 09:41:07.12+00"
     expired:
       description: Whether it has expired (a crashed node's row, which Kong removes when it next takes the lock).
       type: bool
+      sample: false
 waited_for_lock_seconds:
   description: Seconds spent waiting for another node that held the migration lock.
   returned: when not in check mode

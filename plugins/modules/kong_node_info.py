@@ -78,6 +78,10 @@ node:
   description: Facts about the node.
   returned: always
   type: dict
+  sample: {"version": "3.9.1", "edition": "community", "mode": "traditional", "role": "traditional", "database": "postgres",
+           "node_id": "4c2ccc50-fc27-48d2-984c-389739c8ad50", "hostname": "x1", "plugins_enabled": ["key-auth", "rate-limiting"],
+           "database_reachable": true, "configuration_hash": null, "ready": true, "ready_message": "ready", "data_planes": [],
+           "source": "admin_api"}
   contains:
     version:
       description: Version from the Admin API C(GET /).
@@ -122,9 +126,16 @@ node:
     node_id:
       description: The node's id (a data plane without an Admin API, from C(<prefix>/kong.id); null before Kong 3.1).
       type: str
+      sample: 4c2ccc50-fc27-48d2-984c-389739c8ad50
     hostname:
       description: The node's host name (null for a data plane without an Admin API).
       type: str
+      sample: x1
+    plugins_enabled:
+      description: The plugins the node reports enabled in its cluster (empty for a data plane without an Admin API).
+      type: list
+      elements: str
+      sample: ["key-auth", "rate-limiting"]
     source:
       description: Where the facts come from, C(admin_api), or C(status_api) for a data plane without an Admin API.
       type: str

@@ -135,6 +135,7 @@ acquired:
   description: Whether this run holds the lock now (in check mode, whether it would).
   returned: always
   type: bool
+  sample: true
 holder:
   description:
     - The lock's row (token, run_id, controller, pid, started_at, heartbeat_at, expires_at, expired, phase, facts),
@@ -149,6 +150,9 @@ taken_over:
     forced), else null.
   returned: always
   type: dict
+  sample: {"run_id": "kong-3.4.2-to-3.9.1", "controller": "ops1", "pid": 4242, "started_at": "2026-11-22T04:30:12Z",
+           "heartbeat_at": "2026-11-22T04:52:40Z", "expires_at": "2026-11-22T05:52:40Z", "expired": true, "phase": "stop_x",
+           "facts": {"x_stopped": true}}
 """
 
 import datetime

@@ -112,19 +112,29 @@ running_before:
   description: Whether the node ran before.
   returned: always
   type: bool
+  sample: false
 running:
   description: Whether the node runs now (predicted in check mode).
   returned: always
   type: bool
+  sample: true
+planned:
+  description: In check mode, the kong command a real run would run.
+  returned: in check mode, when a command would run
+  type: str
+  sample: kong start
 commands:
   description: The commands that ran, with their output.
   returned: always
   type: list
   elements: dict
+  sample: [{"cmd": "/usr/local/bin/kong start -c /etc/kong/kong.conf -p /usr/local/kong --lock-timeout 60", "rc": 0,
+            "stdout_lines": ["Kong started"], "stderr_lines": []}]
 duration_seconds:
   description: How long the command took.
   returned: when a command ran
   type: float
+  sample: 3.274
 stopped_answering_epoch:
   description:
     - When the stopped node's proxy stopped accepting connections (seconds since the epoch, the node's clock),

@@ -97,10 +97,12 @@ metrics_counted:
   description: Whether O(metrics_url) shows the node counting its answers.
   returned: when O(metrics_url) is given
   type: bool
+  sample: true
 metrics_status:
   description: The status code O(metrics_url) last answered (none when it did not answer).
   returned: when O(metrics_url) is given
   type: int
+  sample: 200
 """
 
 import re

@@ -98,6 +98,9 @@ warnings_given:
   returned: always
   type: list
   elements: str
+  sample:
+    - "UNSUPPORTED STRATEGY, going on because it was allowed: blue-green is documented only between patch versions of one release
+      line; 3.9.1 -> 3.10.0 crosses lines. Use dual_cluster (recommended) or in_place"
 """
 
 from ansible.module_utils.basic import AnsibleModule

@@ -180,6 +180,8 @@ servers_before:
   description: Every server of the backend before the change.
   returned: always
   type: dict
+  sample: {"x1": {"address": "127.0.1.1:8000", "weight": 100, "initial_weight": 100, "admin_state": "ready", "up": true, "sessions": 3},
+           "y1": {"address": "127.0.2.1:8000", "weight": 0, "initial_weight": 0, "admin_state": "ready", "up": true, "sessions": 0}}
 changes:
   description: What was (or would be) changed, per server.
   returned: always
@@ -194,12 +196,14 @@ requested_y_percent:
   description: The requested share, when O(y_percent) is given.
   returned: when O(y_percent) is given
   type: float
+  sample: 10.0
 drained_after_seconds:
   description:
     - Seconds waited for drained servers to reach zero sessions (NGINX, for its old workers to finish).
     - 0 when every server of O(drain) was already drained, in maintenance or down.
   returned: when O(drain) is given and not in check mode
   type: float
+  sample: 4.6
 """
 
 from ansible.module_utils.basic import AnsibleModule

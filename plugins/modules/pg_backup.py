@@ -168,24 +168,41 @@ dump_path:
   returned: always
   type: str
   sample: /var/backups/kong/pre-upgrade-3.10.0.dump
+server_version_num:
+  description: The server's C(server_version_num), read before the dump (the client must be at least this major version).
+  returned: with O(state=present)
+  type: int
+  sample: 150010
 checksum:
   description: sha256 of the dump.
   returned: when the backup exists or was taken
   type: str
+  sample: bc77b6741f7423f64cc2914cd9506c1132adee1bd3bc53bdd2ae9a7d13b14639
 metadata:
   description: The backup's metadata (see the description).
   returned: when the backup exists or was taken
   type: dict
+  sample: {"label": "pre-upgrade-3.10.0", "database": "kong", "host": "db.example.internal", "port": 5432, "format": "custom",
+           "file": "pre-upgrade-3.10.0.dump", "size_bytes": 1843200, "created_at": "2026-11-22T04:41:07Z", "duration_seconds": 3.42,
+           "sha256": "bc77b6741f7423f64cc2914cd9506c1132adee1bd3bc53bdd2ae9a7d13b14639",
+           "checksum": "bc77b6741f7423f64cc2914cd9506c1132adee1bd3bc53bdd2ae9a7d13b14639",
+           "server_version_num": 160004, "client_version": "pg_dump (PostgreSQL) 16.4", "database_size_bytes": 11534336,
+           "schema_meta": [{"subsystem": "core", "last_executed": "003_100_to_110", "executed": ["000_base", "003_100_to_110"],
+                            "pending": null}],
+           "row_counts": {"routes": 240, "schema_meta": 1, "services": 120}, "config_tables": ["routes", "services"],
+           "fingerprint": "08efdd05282694c3d26e7192ce789886a0dc803a5466673470a9678c6d14351b"}
 verified:
   description:
     - Whether the backup passed verification (a full read of the archive when it was taken or reused, and for
       V(verified); checksum and C(pg_restore --list) always).
   returned: always
   type: bool
+  sample: true
 reused:
   description: Whether an existing verified backup was reused.
   returned: with O(state=present)
   type: bool
+  sample: false
 unfinished:
   description:
     - With O(state=present), what a run that was interrupted while it took this backup had left and this run
@@ -196,6 +213,7 @@ unfinished:
       half restored (it is dropped and restored again).
   returned: with O(state=present); with O(state=restored) when a restore had been cut short
   type: raw
+  sample: ["/var/backups/kong/pre-upgrade-3.10.0.taking", "/var/backups/kong/pre-upgrade-3.10.0.dump.partial"]
 superseded:
   description:
     - The label under which the previous backup with O(label) was kept, because O(fingerprint) showed the
@@ -207,14 +225,17 @@ superseded_fingerprint:
   description: The fingerprint the superseded backup recorded (null when it recorded none).
   returned: when RV(superseded) is set
   type: str
+  sample: 748ff636cee672e264e9070e5600542fa55702ec3cb37af880d1b417718e9d11
 restored_row_counts:
   description: Row count per table in the restored database.
   returned: with O(state=restored) when a restore ran
   type: dict
+  sample: {"routes": 240, "schema_meta": 1, "services": 120}
 replaced:
   description: Whether an existing target database was dropped and restored again (O(force) or O(replace_restored)).
   returned: with O(state=restored) when a restore ran
   type: bool
+  sample: false
 left_out:
   description:
     - The entries of the archive (as C(pg_restore --list) names them) that the restore left out (see the description);
@@ -227,6 +248,7 @@ marker:
   description: The comment that marks the restored database.
   returned: with O(state=restored)
   type: str
+  sample: "kongops.upgrade restored pre-upgrade-3.10.0 sha256:bc77b6741f7423f64cc2914cd9506c1132adee1bd3bc53bdd2ae9a7d13b14639 at 2026-11-22T04:52:31Z"
 """
 
 import os

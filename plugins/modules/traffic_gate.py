@@ -124,31 +124,40 @@ reason:
   description: The sentence behind the verdict, with its numbers.
   returned: always
   type: str
+  sample: "Y's error rate 0.0000% (0 of 612) is within the limit 1.0000% and within 0.5000 points of X's 0.0556%"
 x:
   description: X's numbers over the step (requests, errors, error_rate, gateway_errors, upstream_errors, retries,
     avg_response_ms where the source has them).
   returned: always
   type: dict
+  sample: {"requests": 5400, "errors": 3, "error_rate": 0.000556, "gateway_errors": 1, "upstream_errors": null, "retries": 0,
+           "avg_response_ms": 12.3}
 y:
   description: Y's numbers over the step, as RV(x).
   returned: always
   type: dict
+  sample: {"requests": 612, "errors": 0, "error_rate": 0.0, "gateway_errors": 0, "upstream_errors": null, "retries": 0,
+           "avg_response_ms": 11.8}
 duration_seconds:
   description: How long the step was observed.
   returned: always
   type: float
+  sample: 60.04
 samples:
   description: Number of readings after the baseline.
   returned: always
   type: int
+  sample: 60
 counter_resets:
   description: How many times a counter went backwards and the baseline was taken again.
   returned: always
   type: int
+  sample: 0
 thresholds:
   description: The limits the verdict was judged against.
   returned: always
   type: dict
+  sample: {"min_requests": 500, "max_error_rate": 0.01, "max_error_rate_increase": 0.005, "min_duration": 60.0, "max_duration": 600.0}
 """
 
 from ansible.module_utils.basic import AnsibleModule
