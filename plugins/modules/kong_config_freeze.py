@@ -222,11 +222,16 @@ fingerprint:
            "counts": {"services": 120, "routes": 240}}
   contains:
     hash:
-      description: sha256 over every configuration table's count and row hashes (DB-less, the configuration hash).
+      description:
+        - sha256 over every configuration table's count and row hashes. DB-less, the configuration hash the node
+          reports on its status API, or an md5 of its declarative configuration when it reports none.
       type: str
       sample: 08efdd05282694c3d26e7192ce789886a0dc803a5466673470a9678c6d14351b
     keys_hash:
-      description: sha256 over every configuration table's count and primary keys; stable across migrations.
+      description:
+        - sha256 over every configuration table's count and primary keys; stable across migrations. DB-less, a sha256
+          of the declarative configuration read from the Admin API, or the configuration hash when only the status
+          listener answers.
       type: str
       sample: 431de7cc7a0c6611fd106b4c842bd999ae10d4971cdc8da3031490bc29d77030
     counts:

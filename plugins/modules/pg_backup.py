@@ -359,8 +359,9 @@ def ensure_restored(module, backup, result):
     if module.check_mode:
         result.update(changed=True, marker=None)
         return
-    counts, marker, left_out = backup.restore(target, meta, exists, module.params["force"] or replace)
-    result["replaced"] = bool(exists)
+    drop = bool(exists and (module.params["force"] or replace))
+    counts, marker, left_out = backup.restore(target, meta, exists, drop)
+    result["replaced"] = drop  # an existing empty database restored into is not replaced
     result.update(changed=True, restored_row_counts=counts, marker=marker, left_out=left_out)
 
 

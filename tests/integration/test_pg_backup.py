@@ -108,6 +108,18 @@ def test_restored_into_a_new_database_has_the_same_rows(lab, backup_dir):
     lab.stop_node("y1")
 
 
+def test_an_existing_empty_database_is_restored_into_not_replaced(lab, backup_dir):
+    """An operator may create the target database beforehand (owner, encoding): with no table in it,
+    the restore goes into it, and the result says nothing was dropped."""
+    target = "kong_created_empty"
+    assert not run_module("pg_backup", args(lab, backup_dir)).failed  # taken, or the one taken earlier
+    lab.sql(f"CREATE DATABASE {target}", database="postgres")
+    restored = run_module("pg_backup", args(lab, backup_dir, state="restored", target_database=target))
+    assert not restored.failed and restored.changed, restored.get("msg")
+    assert restored["replaced"] is False
+    assert counts(lab, ENTITY_TABLES, database=target) == counts(lab, ENTITY_TABLES)
+
+
 def test_restore_refuses_a_database_that_holds_something_else(lab, backup_dir):
     before = counts(lab, ENTITY_TABLES)
     result = run_module("pg_backup", args(lab, backup_dir, state="restored", target_database="kong"))
