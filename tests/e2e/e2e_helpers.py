@@ -143,6 +143,31 @@ def said(run: PlaybookRun, *needles: str) -> list[str]:
     return [line.strip() for line in run.stdout.splitlines() if any(needle in line for needle in needles)]
 
 
+def assert_reached_over_ssh_and_kong_unprivileged(lab: Any, user: str = "kong") -> None:
+    """A lab of ``lab up --connection ssh``: every node and the LB host are SSH hosts that log in as
+    ``user``, and every running Kong node (X the lab started, Y the collection started over SSH)
+    runs as that unprivileged user, its prefix and kong.conf its own."""
+    import pwd
+
+    uid = pwd.getpwnam(user).pw_uid
+    assert uid != 0
+    hosts = {name: host for group in lab.inventory["all"]["children"] for name, host in lab.hosts(group).items()}
+    for name, host in hosts.items():
+        assert host.get("ansible_connection") == "ssh" and host.get("ansible_user") == user, (name, host)
+    running = 0
+    for name, host in hosts.items():
+        prefix = Path(host.get("kong_prefix", "/nonexistent"))
+        pidfile = prefix / "pids" / "nginx.pid"
+        pid = int(pidfile.read_text().strip()) if pidfile.is_file() else None
+        if pid is None or not Path(f"/proc/{pid}").exists():
+            continue
+        running += 1
+        assert Path(f"/proc/{pid}").stat().st_uid == uid, f"{name}'s Kong (pid {pid}) does not run as {user}"
+        conf = Path(host["kong_conf_path"])
+        assert conf.stat().st_uid == uid and conf.stat().st_mode & 0o077 == 0, f"{conf} is not {user}'s alone"
+    assert running, "no Kong node runs"
+
+
 def assert_no_controller_secret_on_nodes(lab: Any) -> None:
     """No file in any Kong node's prefix (``.kong_env``, logs, nginx confs) holds the controller's secrets."""
     nodes = {name: host for group in lab.inventory["all"]["children"]

@@ -8,6 +8,7 @@ import time
 import pytest
 from e2e_helpers import (
     admin_call,
+    assert_reached_over_ssh_and_kong_unprivileged,
     assert_upgraded,
     echoed_headers,
     fast_gate,
@@ -41,10 +42,12 @@ def nonzero(counts):
 def test_dual_cluster_upgrade_serves_every_request_and_is_idempotent(x_version, y_version, tmp_path):
     # The older pair runs behind NGINX (weights in an upstream include, graceful reloads, gates on
     # the nodes' /metrics), the newer behind HAProxy (runtime API, gates on its counters).
+    # The newer pair reaches its nodes and the LB over SSH, as the unprivileged user that runs Kong.
     lb = "nginx" if x_version == "2.8.5" else "haproxy"
+    ssh = lb == "haproxy"
     began = time.monotonic()
     with running_lab("--x-version", x_version, "--y-version", y_version, "--x-nodes", "2", "--y-nodes", "2",
-                     "--lb", lb, kong="real") as lab:
+                     "--lb", lb, "--connection", "ssh" if ssh else "local", kong="real") as lab:
         extra = dict(fast_gate(lab.run_dir), kong_upgrade_allow_unsupported_path=x_version == "3.4.2")
         marker = tmp_path / "installed.txt"
         if x_version == "2.8.5":
@@ -73,6 +76,8 @@ def test_dual_cluster_upgrade_serves_every_request_and_is_idempotent(x_version, 
         upgraded = time.monotonic()
         assert first.rc == 0, first.explain()
         assert_upgraded(lab, summary, y_version)
+        if ssh:
+            assert_reached_over_ssh_and_kong_unprivileged(lab)
         # Y serves the regex route with its plugin: on 2.8.5 -> 3.4.2, 3.0's migration rewrote its
         # path to `~/regex2/\d+$` in Y's database; without that, the root route would answer.
         served = echoed_headers(lab.frontend, "/regex2/42", via=True)

@@ -12,6 +12,7 @@ from ansible_runner import run_module
 from e2e_helpers import (
     admin_version,
     assert_back_on_x,
+    assert_reached_over_ssh_and_kong_unprivileged,
     assert_serving,
     echoed_headers,
     fast_gate,
@@ -57,7 +58,8 @@ def _assert_restored_to_x(lab, run, phase, summary=None):
 
 
 def test_in_place_upgrade_downtime_is_the_recorded_window_and_is_idempotent(tmp_path):
-    with running_lab(*LAB, kong="real") as lab:
+    # Over SSH, as the unprivileged user that runs Kong (the LB host becomes root).
+    with running_lab(*LAB, "--connection", "ssh", kong="real") as lab:
         extra = _extra(lab)
         first, summary = run_under_load(lab, "upgrade_in_place", extra, tmp_path)
         assert first.rc == 0, first.explain()
@@ -87,6 +89,7 @@ def test_in_place_upgrade_downtime_is_the_recorded_window_and_is_idempotent(tmp_
         for name, host in lab.hosts("kong_y").items():
             assert admin_version(host["kong_admin_url"]) == Y, name
         assert_serving(lab, Y, "kong_x")
+        assert_reached_over_ssh_and_kong_unprivileged(lab)
         freeze = run_module("kong_config_freeze", dict(pg_args(lab), state="status"))
         assert not freeze.failed and freeze["frozen"] is False
         # The seeded regex route still serves with its plugin on Y (rate-limiting's migration

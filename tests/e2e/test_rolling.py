@@ -18,7 +18,14 @@ import urllib.request
 import pytest
 import yaml
 from ansible_runner import run_module
-from e2e_helpers import fast_gate, pg_args, run_playbook, run_under_load, y_overload_fault
+from e2e_helpers import (
+    assert_reached_over_ssh_and_kong_unprivileged,
+    fast_gate,
+    pg_args,
+    run_playbook,
+    run_under_load,
+    y_overload_fault,
+)
 from labfixtures import running_lab
 
 from labctl.load import LoadGenerator
@@ -86,8 +93,11 @@ def _assert_on_x_only(lab):
 def test_rolling_upgrade_serves_every_request_keeps_the_configuration_and_is_idempotent(mode, tmp_path):
     # Hybrid also stops before retiring X (kong_upgrade_finalize=false, an approval step); then a run
     # that retires X is interrupted after x1 stopped, and the next run resumes there.
+    # DB-less runs over SSH, as the unprivileged user that runs Kong (the LB host becomes root).
     hybrid = mode == "data_plane"
-    with running_lab(*NODES, *MODES[mode], kong="real") as lab, _error_logs_on_failure(lab):
+    connection = "local" if hybrid else "ssh"
+    with running_lab(*NODES, *MODES[mode], "--connection", connection, kong="real") as lab, \
+            _error_logs_on_failure(lab):
         hash_before = {_configuration_hash(host) for host in lab.hosts("kong_x").values()}
         assert len(hash_before) == 1
         if hybrid:
@@ -142,6 +152,8 @@ def test_rolling_upgrade_serves_every_request_keeps_the_configuration_and_is_ide
             assert _version(host) is None, f"{name} still answers after it was retired"
         after = LoadGenerator(lab.frontend, targets=lab.load_targets, duration=3, rate=100).run()
         assert after["failed"] == 0 and set(after["ok_by_version"]) == {Y}, after["by_version"]
+        if connection == "ssh":
+            assert_reached_over_ssh_and_kong_unprivileged(lab)
 
         assert report["status"] == "succeeded" and report["strategy"] == "rolling"
         assert set(report["configuration_hash"]["y_nodes"].values()) == hash_before

@@ -45,6 +45,9 @@ def _build_parser() -> argparse.ArgumentParser:
     up.add_argument("--mode", default="traditional", choices=["traditional", "dbless", "hybrid"])
     up.add_argument("--cp-version", default=None, help="hybrid: control plane version (default: Y version)")
     up.add_argument("--lb", default="haproxy", choices=["haproxy", "nginx"])
+    up.add_argument("--connection", default="local", choices=["local", "ssh"],
+                    help="local: every host is this machine (ansible_connection: local); ssh: Ansible reaches "
+                         "the node and LB hosts through the lab's own sshd as the user kong, who runs Kong (local)")
     up.add_argument("--seed-size", type=int, default=50, help="about how many entities to seed (50)")
     up.add_argument("--db-update-frequency", type=float, default=1.0,
                     help="Kong db_update_frequency of the nodes, seconds (1)")
@@ -89,7 +92,7 @@ def _cmd_up(lab: Lab, args: argparse.Namespace) -> int:
         x_version=args.x_version, y_version=args.y_version, x_nodes=args.x_nodes,
         y_nodes=args.y_nodes, mode=args.mode, cp_version=args.cp_version, lb=args.lb,
         seed_size=args.seed_size, db_update_frequency=args.db_update_frequency,
-        kong=args.kong, kong_install=tuple(args.kong_install),
+        kong=args.kong, kong_install=tuple(args.kong_install), connection=args.connection,
     )
 
     def _term(signum: int, frame: FrameType | None) -> None:

@@ -2,14 +2,16 @@
 
 Groups: ``kong_x`` (running X nodes), ``kong_y`` (Y nodes: planned, not configured or
 started), ``kong_lb`` (the load balancer), and ``kong_cp`` (hybrid control plane).
-Every host uses ``ansible_connection: local`` (the lab is one machine) and the repo
-venv's interpreter. The file holds the database password and is written mode 0600.
+Every host uses ``ansible_connection: local`` (the lab is one machine, Ansible runs as root)
+and the repo venv's interpreter; or, for ``lab up --connection ssh``, the node and LB hosts are
+reached through the lab's sshd (``reach``: their connection variables; the LB host also becomes
+root). The file holds the database password and is written mode 0600.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +20,12 @@ import yaml
 from .kong import KongNode
 from .paths import VENV_PYTHON
 
+Reach = Callable[..., Mapping[str, Any]]
 
-def node_vars(node: KongNode) -> dict[str, Any]:
+
+def node_vars(node: KongNode, reach: Reach | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {
-        "ansible_connection": "local",
+        **(reach(node.host) if reach else {"ansible_connection": "local"}),
         "kong_version": node.version,
         "kong_executable": str(node.executable),
         "kong_prefix": str(node.prefix),
@@ -56,6 +60,8 @@ def build(
     pg: Mapping[str, Any],
     lb_vars: Mapping[str, Any],
     lab_vars: Mapping[str, Any],
+    reach: Reach | None = None,
+    lb_address: str = "127.0.0.1",
 ) -> dict[str, Any]:
     """The inventory as a dict (``all: {vars, children}``)."""
     all_vars: dict[str, Any] = {
@@ -68,12 +74,13 @@ def build(
     }
     all_vars.update(lab_vars)
     children: dict[str, Any] = {
-        "kong_x": {"hosts": {n.name: node_vars(n) for n in x_nodes}},
-        "kong_y": {"hosts": {n.name: node_vars(n) for n in y_nodes}},
-        "kong_lb": {"hosts": {"lb1": {"ansible_connection": "local", **lb_vars}}},
+        "kong_x": {"hosts": {n.name: node_vars(n, reach) for n in x_nodes}},
+        "kong_y": {"hosts": {n.name: node_vars(n, reach) for n in y_nodes}},
+        "kong_lb": {"hosts": {"lb1": {**(reach(lb_address, become=True) if reach else {"ansible_connection": "local"}),
+                                      **lb_vars}}},
     }
     if cp_nodes:
-        children["kong_cp"] = {"hosts": {n.name: node_vars(n) for n in cp_nodes}}
+        children["kong_cp"] = {"hosts": {n.name: node_vars(n, reach) for n in cp_nodes}}
     return {"all": {"vars": all_vars, "children": children}}
 
 

@@ -33,7 +33,7 @@ from .paths import (
     LAB_DIR,
     node_host,
 )
-from .proc import ProcRef, clean_env, read_pidfile, run
+from .proc import ProcRef, as_user_argv, clean_env, read_pidfile, run
 
 MODES = ("traditional", "dbless", "hybrid")
 
@@ -111,6 +111,7 @@ class KongNode:
     cluster_control_plane: str | None = None
     declarative_config: Path | None = None
     real: bool = False  # real Kong (nginx, LuaJIT) rather than the emulator
+    run_user: str | None = None  # run the kong CLI (so the node) as this user (--connection ssh: kong)
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -215,7 +216,7 @@ class KongNode:
              env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         """Run this node's ``kong`` binary (clean environment: no inherited KONG_*)."""
         return run(
-            [str(self.executable), *args],
+            as_user_argv([str(self.executable), *args], self.run_user),
             what=f"{what} ({self.name}, Kong {self.version})",
             env=clean_env(env),
             cwd=self.run_root,

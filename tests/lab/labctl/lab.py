@@ -44,6 +44,7 @@ from .paths import (
     LAB_DIR,
     PG_HOST,
     PG_PORT,
+    SSH_PORT,
     RunPaths,
     default_run_dir,
     node_host,
@@ -64,9 +65,11 @@ from .proc import (
     wait_until,
 )
 from .seed import generate as generate_seed
+from .ssh import SSH_USER, SshSetup, check_user, hand_over, sshd_binary
 
 STATE_FORMAT = 1
 LAB_LBS = ("haproxy", "nginx")
+CONNECTIONS = ("local", "ssh")
 
 
 def _say(msg: str) -> None:
@@ -110,6 +113,9 @@ class UpOptions:
     db_update_frequency: float = 1.0
     kong: str = "auto"  # real, emulated, or auto: real when it can be had for every version
     kong_install: tuple[str, ...] = ()
+    # local: every host is this machine as root (ansible_connection: local); ssh: node and LB hosts
+    # are reached through the lab's sshd as the unprivileged `kong` user, who runs the Kong nodes.
+    connection: str = "local"
 
     def validate(self) -> None:
         if self.kong not in ("auto", *realkong.PROVIDERS):
@@ -123,6 +129,8 @@ class UpOptions:
                 raise LabError(f"{label} must be a Kong OSS version X.Y.Z, got {v!r}")
         if self.mode not in MODES:
             raise LabError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.connection not in CONNECTIONS:
+            raise LabError(f"--connection must be one of {', '.join(CONNECTIONS)}, got {self.connection!r}")
         if self.lb not in LAB_LBS:
             raise LabError(f"--lb must be one of {', '.join(LAB_LBS)}, got {self.lb!r}")
         if not 1 <= self.x_nodes <= 50:
@@ -325,6 +333,9 @@ class Lab:
         from .pg import pg_bindir
 
         pg_bindir()
+        if opts.connection == "ssh":
+            sshd_binary()
+            check_user()
         addrs = [(PG_HOST, PG_PORT), (ECHO_HOST, ECHO_PORT), (FRONTEND_HOST, FRONTEND_PORT)]
         if opts.lb == "haproxy":
             addrs.append(HAPROXY_ADMIN_TCP)
@@ -335,6 +346,8 @@ class Lab:
         if opts.mode == "hybrid":
             cp = node_host("cp", 1)
             addrs += [(cp, KONG_ADMIN_PORT), (cp, KONG_STATUS_PORT), (cp, KONG_CLUSTER_PORT)]
+        if opts.connection == "ssh":
+            addrs += [(a, SSH_PORT) for a in self._ssh_addresses(opts)]
         busy = [f"{h}:{p}" for h, p in addrs if port_in_use(h, p)]
         if busy:
             raise LabError(
@@ -342,6 +355,14 @@ class Lab:
                 "running (`tests/lab/lab status`, `tests/lab/lab down`)"
             )
         return provider
+
+    @staticmethod
+    def _ssh_addresses(opts: UpOptions) -> list[str]:
+        """Where the lab sshd listens: the LB host's address and every node's."""
+        nodes = [node_host("x", i) for i in range(1, opts.x_nodes + 1)]
+        nodes += [node_host("y", i) for i in range(1, opts.y_nodes + 1)]
+        nodes += [node_host("cp", 1)] if opts.mode == "hybrid" else []
+        return [FRONTEND_HOST, *nodes]
 
     def _kong_provider(self, opts: UpOptions) -> str:
         """``real`` or ``emulated`` for ``--kong``: ``auto`` takes real Kong when every version can
@@ -429,6 +450,16 @@ class Lab:
             self._cluster_certificate(cp_nodes[0], [*cp_nodes, *x_nodes, *y_nodes])
         for node in [*cp_nodes, *x_nodes]:
             node.write_conf(pg_settings, opts.db_update_frequency)
+        if opts.connection == "ssh":
+            # The nodes run as the lab user, who owns their prefixes (the collection writes Y's
+            # there), reads the cluster certificate and writes the backups (kong_upgrade_backup_dir).
+            p.nodes.mkdir(parents=True, exist_ok=True)
+            p.backups.mkdir(mode=0o700, exist_ok=True)
+            if opts.mode == "dbless":
+                shutil.copyfile(p.declarative, self._node_declarative(opts))
+            hand_over([p.nodes, p.root / "cluster", p.backups])
+            for node in [*cp_nodes, *x_nodes, *y_nodes]:
+                node.run_user = SSH_USER
 
         if opts.mode in ("traditional", "hybrid"):
             db_node = cp_nodes[0] if opts.mode == "hybrid" else x_nodes[0]
@@ -497,6 +528,16 @@ class Lab:
                    f"the {opts.lb} frontend {frontend} to proxy GET / to a Kong {opts.x_version} node")
         _say(f"{opts.lb} frontend {frontend} proxies to Kong {opts.x_version}")
 
+        ssh: SshSetup | None = None
+        if opts.connection == "ssh":
+            ssh = SshSetup(p.ssh, self._ssh_addresses(opts), SSH_PORT)
+            ssh.prepare()
+            ref = ssh.start()
+            state.record("sshd", ref, "sshd", address=f"port {SSH_PORT} on {len(ssh.addresses)} addresses",
+                         pidfile=str(ssh.pidfile), match="sshd", user=ssh.user)
+            _say(f"sshd up on port {SSH_PORT} (user {ssh.user}, key {ssh.client_key}) for the LB and "
+                 f"{len(ssh.addresses) - 1} node address(es)")
+
         # (6) inventory
         lab_vars = {
             "lab_frontend_url": frontend,
@@ -515,10 +556,11 @@ class Lab:
             pg={"host": PG_HOST, "port": PG_PORT, "user": pg.kong_user,
                 "password": pg.kong_password, "database": pg.kong_database},
             lb_vars=lb_vars, lab_vars=lab_vars,
+            reach=ssh.reach if ssh else None, lb_address=FRONTEND_HOST,
         )
         inv.write(data, p.inventory)
         state.data.update({"status": "up", "frontend_url": frontend, "inventory": str(p.inventory),
-                           "lb": opts.lb, "mode": opts.mode,
+                           "lb": opts.lb, "mode": opts.mode, "connection": opts.connection,
                            "nodes": {n.name: self._node_info(n) for n in [*cp_nodes, *x_nodes, *y_nodes]}})
         state.save()
         return p.inventory
@@ -552,6 +594,11 @@ class Lab:
         for node in nodes:
             node.extra.update({"cluster_cert": str(cert), "cluster_cert_key": str(key)})
 
+    def _node_declarative(self, opts: UpOptions) -> Path:
+        """The declarative file DB-less nodes load. Over SSH, a copy in the nodes' directory, which
+        their user owns: the collection writes Y's copy at X's path, as it would on separate hosts."""
+        return self.paths.nodes / "kong.yml" if opts.connection == "ssh" else self.paths.declarative
+
     def _plan_nodes(self, opts: UpOptions, executables: dict[str, Path],
                     real: bool = False) -> tuple[list[KongNode], list[KongNode], list[KongNode]]:
         root = self.paths.root
@@ -569,7 +616,7 @@ class Lab:
                 return KongNode(f"{group}{i}", group, i, version, executables[version], root, real=real)
             if opts.mode == "dbless":
                 return KongNode(f"{group}{i}", group, i, version, executables[version], root,
-                                database="off", declarative_config=self.paths.declarative, real=real)
+                                database="off", declarative_config=self._node_declarative(opts), real=real)
             return KongNode(f"{group}{i}", group, i, version, executables[version], root,
                             role="data_plane", database="off", cluster_control_plane=cp_addr, real=real)
 
@@ -686,6 +733,11 @@ class Lab:
             ref = self._ref(procs.get(name), pidfile, match)
             if ref is not None:
                 self._stop_tree(ref, signal.SIGTERM, 15.0, say, name)
+
+        # the lab sshd and every session it holds (Ansible's persistent connections)
+        sshd = self._ref(procs.get("sshd"), self.paths.ssh / "sshd.pid", "sshd")
+        if sshd is not None:
+            self._stop_tree(sshd, signal.SIGTERM, 10.0, say, "sshd")
 
         # Kong nodes: every prefix under run/nodes (the lab's and any the collection
         # started); a second pass catches a node whose pid file appeared meanwhile
@@ -820,6 +872,8 @@ class Lab:
                         note += f", /status {code}"
             elif kind == "haproxy":
                 note = f"runtime API {info.get('admin_socket')} and {info.get('admin_tcp')}"
+            elif kind == "sshd":
+                note = f"Ansible logs in as {info.get('user')}"
             comps.append(ComponentStatus(name, kind, ref.pid, alive, address, note))
         recorded = {c.name for c in comps}
         nodes = state.data.get("nodes", {})

@@ -34,6 +34,8 @@ ECHO_PORT = 18080 + 100 * LAB_NET
 FRONTEND_HOST = "127.0.0.1"
 FRONTEND_PORT = 18000 + 100 * LAB_NET
 HAPROXY_ADMIN_TCP = ("127.0.0.1", 18999 + 100 * LAB_NET)
+# The lab sshd (`lab up --connection ssh`), on every node address and on the LB host's.
+SSH_PORT = 18022 + 100 * LAB_NET
 
 KONG_PROXY_PORT = 8000
 KONG_ADMIN_PORT = 8001
@@ -92,6 +94,14 @@ class RunPaths:
     @property
     def nginx(self) -> Path:
         return self.root / "nginx"
+
+    @property
+    def ssh(self) -> Path:
+        return self.root / "ssh"
+
+    @property
+    def backups(self) -> Path:
+        return self.root / "backups"
 
     @property
     def echo(self) -> Path:

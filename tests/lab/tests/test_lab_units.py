@@ -18,6 +18,7 @@ from labctl.lab import UpOptions
 from labctl.nginx import NginxSetup, render_upstream
 from labctl.paths import node_host
 from labctl.seed import generate
+from labctl.ssh import SshSetup
 
 SERVERS = [
     LbServer("x1", "127.0.1.1", 8000, 8007, 100),
@@ -155,6 +156,31 @@ def test_inventory_has_groups_node_vars_and_lb_settings(tmp_path: Path) -> None:
     assert inv["all"]["vars"]["lab_frontend_url"] == "http://127.0.0.1:18000"
 
 
+def test_ssh_inventory_reaches_nodes_as_kong_and_the_lb_with_become(tmp_path: Path) -> None:
+    """`lab up --connection ssh`: every node and the LB host go through the lab sshd as the lab user,
+    with the lab's own known_hosts checked strictly; only the LB host becomes root; hosts run the
+    system Python (the repo's venv stays the control node's)."""
+    ssh = SshSetup(tmp_path / "ssh", ["127.0.0.1", node_host("x", 1), node_host("y", 1)], 18022)
+    exe = tmp_path / "kong"
+    inv = build_inventory(
+        x_nodes=[KongNode("x1", "x", 1, "3.9.0", exe, tmp_path)], y_nodes=[KongNode("y1", "y", 1, "3.9.1", exe, tmp_path)],
+        cp_nodes=[], pg={"host": "127.0.0.1", "port": 54329, "user": "kong", "password": "pw", "database": "kong"},
+        lb_vars={"kong_lb_driver": "haproxy"}, lab_vars={}, reach=ssh.reach, lb_address="127.0.0.1",
+    )
+    groups = inv["all"]["children"]
+    x1, lb1 = groups["kong_x"]["hosts"]["x1"], groups["kong_lb"]["hosts"]["lb1"]
+    assert x1["ansible_connection"] == "ssh" and x1["ansible_host"] == node_host("x", 1) and x1["ansible_port"] == 18022
+    assert x1["ansible_user"] == "kong" and "ansible_become" not in x1
+    assert x1["ansible_python_interpreter"] == "/usr/bin/python3"
+    assert f"UserKnownHostsFile={ssh.known_hosts}" in x1["ansible_ssh_common_args"]
+    assert "StrictHostKeyChecking=yes" in x1["ansible_ssh_common_args"]
+    assert lb1["ansible_host"] == "127.0.0.1" and lb1["ansible_become"] is True and lb1["kong_lb_driver"] == "haproxy"
+    config = ssh.render()
+    for line in ("Port 18022", f"ListenAddress {node_host('y', 1)}", "AllowUsers kong", "PermitRootLogin no",
+                 "PasswordAuthentication no", f"AuthorizedKeysFile {ssh.authorized_keys}"):
+        assert line in config.splitlines()
+
+
 @pytest.mark.parametrize(
     ("opts", "message"),
     [
@@ -164,6 +190,7 @@ def test_inventory_has_groups_node_vars_and_lb_settings(tmp_path: Path) -> None:
         (UpOptions(cp_version="3.10.0"), "only applies to --mode hybrid"),
         (UpOptions(x_nodes=0), "--x-nodes"),
         (UpOptions(lb="envoy"), "--lb"),
+        (UpOptions(connection="winrm"), "--connection"),
         (UpOptions(x_version="3.9"), "X.Y.Z"),
     ],
 )
