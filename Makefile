@@ -16,6 +16,8 @@ PYTEST_ARGS ?=
 PYTEST_WORKERS ?= 3
 # Molecule scenario for `make molecule` (molecule/<name>); `make test` runs the default one.
 SCENARIO ?= in_place
+# Kong versions `make real-kong` also packages as .debs (the package-install e2e installs 3.9.1).
+KONG_PACKAGES ?= 3.9.1
 
 .PHONY: help setup system-packages real-kong demo test lint ruff ansible-lint sanity pytest test-times molecule lab-down clean
 
@@ -51,6 +53,7 @@ test: setup real-kong lint sanity pytest molecule
 # the tests that need real Kong are skipped with that reason (failed under CI=true).
 real-kong: setup
 	@$(LAB) kong build --if-kit
+	@$(LAB) kong package --if-kit $(KONG_PACKAGES)
 
 lint: ruff ansible-lint
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from e2e_helpers import (
@@ -42,14 +44,21 @@ def nonzero(counts):
 def test_dual_cluster_upgrade_serves_every_request_and_is_idempotent(x_version, y_version, tmp_path):
     # The older pair runs behind NGINX (weights in an upstream include, graceful reloads, gates on
     # the nodes' /metrics), the newer behind HAProxy (runtime API, gates on its counters).
-    # The newer pair reaches its nodes and the LB over SSH, as the unprivileged user that runs Kong.
+    # The newer pair reaches its nodes and the LB over SSH, as the unprivileged user that runs Kong,
+    # and installs Y with the package method: apt, through sudo, from the lab's repository of Kong
+    # .debs (the older pair installs Y with a tasks file of the operator's).
     lb = "nginx" if x_version == "2.8.5" else "haproxy"
     ssh = lb == "haproxy"
     began = time.monotonic()
     with running_lab("--x-version", x_version, "--y-version", y_version, "--x-nodes", "2", "--y-nodes", "2",
-                     "--lb", lb, "--connection", "ssh" if ssh else "local", kong="real") as lab:
+                     "--lb", lb, *(("--connection", "ssh", "--y-install", "package") if ssh else ()),
+                     kong="real") as lab:
         extra = dict(fast_gate(lab.run_dir), kong_upgrade_allow_unsupported_path=x_version == "3.4.2")
         marker = tmp_path / "installed.txt"
+        if ssh:
+            # Y is not installed: the package method installs kong=Y on every Y node.
+            assert not Path(lab.host("y1")["kong_executable"]).exists()
+            extra.update(kong_upgrade_install_method="package")
         if x_version == "2.8.5":
             (tmp_path / "install-kong.yml").write_text(INSTALL_TASKS)
             extra.update(kong_upgrade_install_method="tasks", kong_upgrade_install_tasks_file=str(tmp_path / "install-kong.yml"),
@@ -78,6 +87,15 @@ def test_dual_cluster_upgrade_serves_every_request_and_is_idempotent(x_version, 
         assert_upgraded(lab, summary, y_version)
         if ssh:
             assert_reached_over_ssh_and_kong_unprivileged(lab)
+            # The package apt installed: kong at exactly Y, its binary where Kong's packages put it,
+            # and the Y nodes run that binary.
+            package = subprocess.run(["dpkg-query", "-W", "-f", "${Version} ${db:Status-Status}", "kong"],
+                                     capture_output=True, text=True, check=True).stdout
+            assert package == f"{y_version} installed", package
+            assert lab.host("y1")["kong_executable"] == "/usr/local/bin/kong"
+            assert y_version in subprocess.run(["/usr/local/bin/kong", "version"], capture_output=True, text=True,
+                                               check=True).stdout
+            assert "Install Kong Y with apt, pinned to version Y" in first.stdout
         # Y serves the regex route with its plugin: on 2.8.5 -> 3.4.2, 3.0's migration rewrote its
         # path to `~/regex2/\d+$` in Y's database; without that, the root route would answer.
         served = echoed_headers(lab.frontend, "/regex2/42", via=True)
@@ -104,3 +122,8 @@ def test_dual_cluster_upgrade_serves_every_request_and_is_idempotent(x_version, 
         assert second.changed == 0, second.explain()
         print(f"dual-cluster {x_version} -> {y_version} on real Kong behind {lb}: {summary['requests']} requests, "
               f"0 failed; upgrade {upgraded - began:.0f} s, with the second run {time.monotonic() - began:.0f} s")
+    if ssh:
+        # lab down removed what the package method installed from its repository, and the source.
+        left = subprocess.run(["dpkg-query", "-W", "-f", "${db:Status-Status}", "kong"], capture_output=True, text=True,
+                              check=False).stdout
+        assert left in ("", "not-installed", "config-files") and not Path("/usr/local/bin/kong").exists(), left

@@ -14,6 +14,7 @@ from typing import Any
 
 from . import LabError, realkong
 from .kong import declarative_format
+from .kongdeb import build_deb
 from .lab import Lab, UpOptions, lab_all_up
 from .load import LoadGenerator, write_summary
 from .paths import ECHO_HOST, ECHO_PORT, FRONTEND_HOST, FRONTEND_PORT
@@ -48,6 +49,9 @@ def _build_parser() -> argparse.ArgumentParser:
     up.add_argument("--connection", default="local", choices=["local", "ssh"],
                     help="local: every host is this machine (ansible_connection: local); ssh: Ansible reaches "
                          "the node and LB hosts through the lab's own sshd as the user kong, who runs Kong (local)")
+    up.add_argument("--y-install", default="lab", choices=["lab", "package"],
+                    help="lab: the lab installs Y (a real Kong build); package: Y is left to the collection's package "
+                         "method, served as a .deb from the lab's apt repository (needs --connection ssh, root) (lab)")
     up.add_argument("--seed-size", type=int, default=50, help="about how many entities to seed (50)")
     up.add_argument("--db-update-frequency", type=float, default=1.0,
                     help="Kong db_update_frequency of the nodes, seconds (1)")
@@ -63,6 +67,11 @@ def _build_parser() -> argparse.ArgumentParser:
     kb.add_argument("versions", nargs="*", help="versions to build (default: every version the kit has)")
     kb.add_argument("--if-kit", action="store_true",
                     help="without a kit, say so and exit 0 (real-Kong tests then skip, or fail under CI=true)")
+
+    kp = kong_sub.add_parser("package", help="make the .deb of versions from the kit (once; default: all), "
+                                              "as `lab up --y-install package` serves them")
+    kp.add_argument("versions", nargs="*", help="versions to package (default: every version the kit has)")
+    kp.add_argument("--if-kit", action="store_true", help="without a kit, say so and exit 0")
 
     st = sub.add_parser("status", help="show what runs; exit 0 if all up, 3 otherwise")
     st.add_argument("--json", action="store_true", help="machine-readable output")
@@ -93,6 +102,7 @@ def _cmd_up(lab: Lab, args: argparse.Namespace) -> int:
         y_nodes=args.y_nodes, mode=args.mode, cp_version=args.cp_version, lb=args.lb,
         seed_size=args.seed_size, db_update_frequency=args.db_update_frequency,
         kong=args.kong, kong_install=tuple(args.kong_install), connection=args.connection,
+        y_install=args.y_install,
     )
 
     def _term(signum: int, frame: FrameType | None) -> None:
@@ -226,6 +236,16 @@ def _cmd_kong(lab: Lab, args: argparse.Namespace) -> int:
         for version in args.versions or realkong.kit_versions(kit):
             found = realkong.build(version, kit)
             print(f"{version} {found.executable}")
+        return 0
+    if args.kong_command == "package":
+        if kit is None and args.if_kit:
+            print("lab: no realkong kit: no Kong package to make; the package-install test uses an installed "
+                  "one or is skipped", file=sys.stderr)
+            return 0
+        if kit is None:
+            raise realkong.RealKongMissing("no realkong kit to package from ($KONG_LAB_REALKONG_KIT)")
+        for version in args.versions or realkong.kit_versions(kit):
+            print(f"{version} {build_deb(version, kit)}")
         return 0
     versions = set(realkong.kit_versions(kit) if kit else [])
     versions |= set(realkong.installed_versions(args.kong_install))

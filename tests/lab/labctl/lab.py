@@ -29,6 +29,7 @@ from . import LabError, realkong
 from . import inventory as inv
 from .haproxy import BACKEND, HAProxySetup, LbServer, haproxy_binary
 from .kong import MODES, KongNode, PgSettings, declarative_format, install_version
+from .kongdeb import PACKAGE_KONG, AptRepo, build_deb, installed_package, other_lab_repos
 from .load import kong_version
 from .nginx import UPSTREAM, NginxSetup, nginx_binary
 from .paths import (
@@ -42,6 +43,7 @@ from .paths import (
     KONG_PROXY_PORT,
     KONG_STATUS_PORT,
     LAB_DIR,
+    LAB_NET,
     PG_HOST,
     PG_PORT,
     SSH_PORT,
@@ -70,6 +72,7 @@ from .ssh import SSH_USER, SshSetup, check_user, hand_over, sshd_binary
 STATE_FORMAT = 1
 LAB_LBS = ("haproxy", "nginx")
 CONNECTIONS = ("local", "ssh")
+Y_INSTALLS = ("lab", "package")
 
 
 def _say(msg: str) -> None:
@@ -116,6 +119,9 @@ class UpOptions:
     # local: every host is this machine as root (ansible_connection: local); ssh: node and LB hosts
     # are reached through the lab's sshd as the unprivileged `kong` user, who runs the Kong nodes.
     connection: str = "local"
+    # lab: Y is installed by the lab (a real Kong build); package: Y is left to the collection's
+    # package method, from the lab's apt repository of Kong packages (needs --connection ssh).
+    y_install: str = "lab"
 
     def validate(self) -> None:
         if self.kong not in ("auto", *realkong.PROVIDERS):
@@ -131,6 +137,12 @@ class UpOptions:
             raise LabError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.connection not in CONNECTIONS:
             raise LabError(f"--connection must be one of {', '.join(CONNECTIONS)}, got {self.connection!r}")
+        if self.y_install not in Y_INSTALLS:
+            raise LabError(f"--y-install must be one of {', '.join(Y_INSTALLS)}, got {self.y_install!r}")
+        if self.y_install == "package" and (self.connection != "ssh" or self.kong == "emulated"
+                                            or self.x_version == self.y_version or self.mode == "hybrid"):
+            raise LabError("--y-install package needs --connection ssh (apt runs through sudo, as on real hosts), "
+                           "real Kong, X and Y of different versions, and no hybrid control plane (it would run Y)")
         if self.lb not in LAB_LBS:
             raise LabError(f"--lb must be one of {', '.join(LAB_LBS)}, got {self.lb!r}")
         if not 1 <= self.x_nodes <= 50:
@@ -336,6 +348,8 @@ class Lab:
         if opts.connection == "ssh":
             sshd_binary()
             check_user()
+        if opts.y_install == "package":
+            self._package_preflight()
         addrs = [(PG_HOST, PG_PORT), (ECHO_HOST, ECHO_PORT), (FRONTEND_HOST, FRONTEND_PORT)]
         if opts.lb == "haproxy":
             addrs.append(HAPROXY_ADMIN_TCP)
@@ -355,6 +369,23 @@ class Lab:
                 "running (`tests/lab/lab status`, `tests/lab/lab down`)"
             )
         return provider
+
+    def _apt_repo(self) -> AptRepo:
+        return AptRepo(self.paths.root / "apt", f"kongops-lab-{LAB_NET}")
+
+    def _package_preflight(self) -> None:
+        """The package method installs Kong into this machine's /usr/local: only when nothing else did."""
+        if os.geteuid() != 0:
+            raise LabError("--y-install package needs root: it adds an apt source and removes the package on lab down")
+        installed = installed_package()
+        if installed:
+            raise LabError(f"the kong package {installed} is installed on this machine; --y-install package would "
+                           "replace it. Remove it (apt-get purge kong), or `lab down` the lab that installed it")
+        if PACKAGE_KONG.exists():
+            raise LabError(f"{PACKAGE_KONG} exists and no kong package owns it; --y-install package would overwrite it")
+        others = other_lab_repos(self._apt_repo().name)
+        if others:
+            raise LabError(f"another lab serves Kong packages ({', '.join(map(str, others))}); one package lab at a time")
 
     @staticmethod
     def _ssh_addresses(opts: UpOptions) -> list[str]:
@@ -446,6 +477,21 @@ class Lab:
                               "total": seed.total, "load_targets": seed.load_targets}
         state.save()
         x_nodes, y_nodes, cp_nodes = self._plan_nodes(opts, executables, real)
+        if opts.y_install == "package":
+            # Y comes from the lab's apt repository, installed by the collection's package method.
+            kit = realkong.kit_dir()
+            if kit is None:
+                raise realkong.RealKongMissing("--y-install package packages Kong from the realkong kit, which is "
+                                               "missing (KONG_LAB_REALKONG_KIT)")
+            deb = build_deb(opts.y_version, kit)
+            repo = self._apt_repo()
+            state.data["apt_repo"] = {"base": str(repo.base), "name": repo.name, "sources": str(repo.sources_file),
+                                      "package": deb.name, "version": opts.y_version}
+            state.save()
+            repo.create([deb])
+            _say(f"apt repository {repo.base} serves {deb.name} ({repo.sources_file}); Y is not installed")
+            for node in y_nodes:
+                node.executable = PACKAGE_KONG
         if real and opts.mode == "hybrid":
             self._cluster_certificate(cp_nodes[0], [*cp_nodes, *x_nodes, *y_nodes])
         for node in [*cp_nodes, *x_nodes]:
@@ -561,6 +607,7 @@ class Lab:
         inv.write(data, p.inventory)
         state.data.update({"status": "up", "frontend_url": frontend, "inventory": str(p.inventory),
                            "lb": opts.lb, "mode": opts.mode, "connection": opts.connection,
+                           "y_install": opts.y_install,
                            "nodes": {n.name: self._node_info(n) for n in [*cp_nodes, *x_nodes, *y_nodes]}})
         state.save()
         return p.inventory
@@ -748,6 +795,17 @@ class Lab:
             with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, len(node_refs))) as pool:
                 list(pool.map(lambda t: self._stop_kong(*t, say), node_refs))
 
+        repo_info = state.data.get("apt_repo")
+        if repo_info:
+            # What the collection's package method installed from the lab's repository goes with it.
+            installed = installed_package()
+            if installed == repo_info.get("version"):
+                res = run(["dpkg", "--purge", "kong"], what="dpkg --purge kong", timeout=300, check=False)
+                say(f"removed the kong package {installed}" + ("" if res.returncode == 0 else
+                                                               f" (dpkg failed: {res.stderr.strip()[-300:]})"))
+            AptRepo(Path(repo_info["base"]), repo_info["name"]).remove()
+            say(f"removed the apt source {repo_info['sources']}")
+
         echo = self._ref(procs.get("echo"), self.paths.echo / "echo.pid", "labctl.echo")
         if echo is not None:
             self._stop_tree(echo, signal.SIGTERM, 10.0, say, "echo")
@@ -784,7 +842,8 @@ class Lab:
         found: list[tuple[str, ProcRef, Path | None, Path]] = []
         seen: set[int] = set()
         nodes_dir = self.paths.nodes
-        prefixes = sorted(nodes_dir.iterdir()) if nodes_dir.is_dir() else []
+        # (over SSH the nodes' directory also holds their declarative file: prefixes only)
+        prefixes = sorted(d for d in nodes_dir.iterdir() if d.is_dir()) if nodes_dir.is_dir() else []
         prefixes.sort(key=lambda d: d.name.startswith("cp"))
         for prefix in prefixes:
             info = procs.get(f"node:{prefix.name}")
