@@ -266,7 +266,11 @@ unchanged:
   type: dict
   sample: {"unchanged": true, "compared": "exact"}
 differences:
-  description: Tables whose configuration differs from the freeze or from O(compare_database).
+  description:
+    - Tables whose configuration differs from the freeze or from O(compare_database), by table name.
+    - Compared with O(expected_fingerprint), only hashes are known, so the one key is C(fingerprint), holding
+      the C(expected) fingerprint and the current C(hash) and C(keys_hash).
+    - Empty when nothing differs.
   returned: with O(state=verified) or O(compare_database)
   type: dict
   sample: {"routes": {"frozen_count": 240, "count": 241}}
@@ -382,7 +386,9 @@ def run_database(module, pg, su=None):
         expected = params["expected_fingerprint"]
         if expected:
             ok = expected in (finger["hash"], finger["keys_hash"])
-            how, diffs = "against expected_fingerprint", {} if ok else {"expected": expected}
+            # Only hashes are compared: no table can be named, so the difference is the fingerprint.
+            how, diffs = "against expected_fingerprint", {} if ok else {
+                "fingerprint": {"expected": expected, "hash": finger["hash"], "keys_hash": finger["keys_hash"]}}
         else:
             ok, how, diffs = unchanged_since_freeze(details, finger)
         result["unchanged"] = {"unchanged": ok, "compared": how}
@@ -448,6 +454,8 @@ def run_dbless(module):
     if params["state"] == "verified" and params["expected_fingerprint"]:
         ok = params["expected_fingerprint"] in (finger["hash"], finger["keys_hash"])
         result["unchanged"] = {"unchanged": ok, "compared": "configuration hash"}
+        result["differences"] = {} if ok else {"fingerprint": {
+            "expected": params["expected_fingerprint"], "hash": finger["hash"], "keys_hash": finger["keys_hash"]}}
         if not ok:
             module.fail_json(msg="the DB-less configuration of %s changed: hash %s, expected %s"
                              % (where, finger["hash"], params["expected_fingerprint"]), **result)

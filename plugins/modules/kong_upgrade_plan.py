@@ -74,10 +74,14 @@ EXAMPLES = r"""
 
 RETURN = r"""
 path:
-  description: The classification of the path.
+  description:
+    - The classification of the path, with C(from) and C(to) (the versions as parsed), C(kind) (C(none), C(patch),
+      C(minor), C(major), C(lts), C(unsupported), C(downgrade) or C(unknown)), C(supported), C(reason) (a sentence
+      for the operator) and C(steps) (the release lines to go through when the path is not supported, else empty).
   returned: always
   type: dict
-  sample: {"kind": "lts", "supported": true, "reason": "adjacent LTS upgrade 3.4 -> 3.10", "steps": []}
+  sample: {"from": "3.4.2", "to": "3.10.0", "kind": "lts", "supported": true, "reason": "adjacent LTS upgrade 3.4 -> 3.10",
+           "steps": []}
 strategies:
   description: For each strategy, whether it is allowed for this path and mode, and why.
   returned: always

@@ -172,12 +172,19 @@ EXAMPLES = r"""
 
 RETURN = r"""
 servers:
-  description: Every server of the backend after the change (predicted in check mode).
+  description:
+    - Every server of the backend after the change (predicted in check mode), by server name.
+    - Each has C(address), C(weight) (the effective weight, 0 for a server in maintenance or marked C(down)),
+      C(admin_state) (C(ready), C(maint) or C(drain)), C(up) (its health checks pass; always true with NGINX,
+      which has no active checks) and C(sessions) (current sessions; NGINX reports none, so 0).
+    - HAProxy servers also have C(initial_weight), the weight the configuration gives (C(srv_iweight)).
+    - NGINX servers also have C(configured_weight), the C(weight=) of the server line, kept while the server is C(down).
   returned: always
   type: dict
-  sample: {"x1": {"address": "127.0.1.1:8000", "weight": 90, "admin_state": "ready", "up": true, "sessions": 3}}
+  sample: {"x1": {"address": "127.0.1.1:8000", "weight": 90, "initial_weight": 100, "admin_state": "ready", "up": true,
+                  "sessions": 3}}
 servers_before:
-  description: Every server of the backend before the change.
+  description: Every server of the backend before the change, with the keys of RV(servers).
   returned: always
   type: dict
   sample: {"x1": {"address": "127.0.1.1:8000", "weight": 100, "initial_weight": 100, "admin_state": "ready", "up": true, "sessions": 3},
@@ -201,7 +208,8 @@ drained_after_seconds:
   description:
     - Seconds waited for drained servers to reach zero sessions (NGINX, for its old workers to finish).
     - 0 when every server of O(drain) was already drained, in maintenance or down.
-  returned: when O(drain) is given and not in check mode
+    - Absent when O(drain_timeout=0) (nothing is waited for).
+  returned: when O(drain) is given, O(drain_timeout) is above 0 and not in check mode
   type: float
   sample: 4.6
 """

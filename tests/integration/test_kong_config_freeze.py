@@ -230,3 +230,7 @@ def test_a_dbless_node_gets_a_fingerprint_but_no_enforcement(dbless_lab):
                                                 "expected_fingerprint": real["fingerprint"]["hash"]})
     assert changed.failed and "changed" in changed["msg"]
     assert changed["fingerprint"]["hash"] != real["fingerprint"]["hash"]
+    # Only hashes were compared: the difference is the fingerprint, expected against current.
+    assert changed["differences"] == {"fingerprint": {"expected": real["fingerprint"]["hash"],
+                                                      "hash": changed["fingerprint"]["hash"],
+                                                      "keys_hash": changed["fingerprint"]["keys_hash"]}}
