@@ -11,6 +11,7 @@ compgen -G "/usr/lib/postgresql/*/bin/initdb" > /dev/null || missing+=(postgresq
 command -v pg_dump > /dev/null || missing+=(postgresql-client)
 command -v haproxy > /dev/null || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 command -v nginx > /dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+command -v prometheus > /dev/null || missing+=(prometheus)
 command -v python3 > /dev/null || missing+=(python3 python3-venv)
 python3 -c 'import ensurepip' 2> /dev/null || missing+=(python3-venv)
 # `lab up --connection ssh`: the lab's own sshd, and sudo for the load balancer's host.

@@ -34,6 +34,7 @@ ECHO_PORT = 18080 + 100 * LAB_NET
 FRONTEND_HOST = "127.0.0.1"
 FRONTEND_PORT = 18000 + 100 * LAB_NET
 HAPROXY_ADMIN_TCP = ("127.0.0.1", 18999 + 100 * LAB_NET)
+PROMETHEUS_PORT = 19090 + 100 * LAB_NET
 # The lab sshd (`lab up --connection ssh`), on every node address and on the LB host's.
 SSH_PORT = 18022 + 100 * LAB_NET
 
