@@ -68,8 +68,8 @@ def _build_parser() -> argparse.ArgumentParser:
     kb.add_argument("--if-kit", action="store_true",
                     help="without a kit, say so and exit 0 (real-Kong tests then skip, or fail under CI=true)")
 
-    kp = kong_sub.add_parser("package", help="make the .deb of versions from the kit (once; default: all), "
-                                              "as `lab up --y-install package` serves them")
+    kp = kong_sub.add_parser(
+        "package", help="make the .deb of versions from the kit (once; default: all), as `lab up --y-install package` serves them")
     kp.add_argument("versions", nargs="*", help="versions to package (default: every version the kit has)")
     kp.add_argument("--if-kit", action="store_true", help="without a kit, say so and exit 0")
 

@@ -84,7 +84,7 @@ def installed_package() -> str | None:
     """The version of the ``kong`` package dpkg has installed, or None."""
     res = subprocess.run(["dpkg-query", "-W", "-f", "${db:Status-Status} ${Version}", PACKAGE],
                          capture_output=True, text=True, check=False)
-    status, _, version = res.stdout.strip().partition(" ")
+    status, _sep, version = res.stdout.strip().partition(" ")
     return version if res.returncode == 0 and status == "installed" else None
 
 

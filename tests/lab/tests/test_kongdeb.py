@@ -42,8 +42,8 @@ def test_the_package_is_kong_at_the_exact_version_in_the_layout_of_kongs_package
     assert owners == {("root", "root")}
 
 
-def test_the_repository_indexes_the_package_and_names_a_trusted_file_source(deb: Path, tmp_path: Path,
-                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_repository_indexes_the_package_and_names_a_trusted_file_source(
+        deb: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(kongdeb, "SOURCES_DIR", tmp_path / "sources.list.d")
     (tmp_path / "sources.list.d").mkdir()
     repo = kongdeb.AptRepo(tmp_path / "apt", "kongops-lab-test")
