@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SHIPPED = {"MANIFEST.json", "FILES.json", "README.md", "COPYING", "meta", "plugins", "roles", "playbooks", "docs",
-           "extensions", "changelogs"}
+SHIPPED = {"MANIFEST.json", "FILES.json", "README.md", "CHANGELOG.rst", "COPYING", "meta", "plugins", "roles", "playbooks",
+           "docs", "extensions", "changelogs"}
 NEVER = ("tests", "molecule", "bench", "build", "reports", ".venv", ".ansible", ".ci", ".git", ".ruff_cache",
          ".pytest_cache", "__pycache__")
 DEV_FILES = {"Makefile", "ansible.cfg", "pytest.ini", "ruff.toml", "requirements-dev.in", "requirements-dev.txt"}
@@ -35,7 +35,7 @@ def test_the_tarball_holds_what_users_need(members):
     tops = {name.split("/", 1)[0] for name in members}
     assert tops <= SHIPPED, f"unexpected top-level entries: {sorted(tops - SHIPPED)}"
     for needed in ("README.md", "COPYING", "meta/runtime.yml", "plugins/modules/pg_backup.py",
-                   "roles/rolling/tasks/main.yml", "playbooks/upgrade_dual_cluster.yml", "changelogs/changelog.yaml"):
+                   "roles/rolling/tasks/main.yml", "playbooks/upgrade_dual_cluster.yml", "changelogs/changelog.yaml", "CHANGELOG.rst"):
         assert needed in members, needed
 
 
