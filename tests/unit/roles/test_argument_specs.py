@@ -52,32 +52,3 @@ def test_every_declared_option_is_a_variable_of_the_roles(role: str) -> None:
                                                                              "kong_upgrade_y_version")]
     assert not unknown, f"{role} declares options the roles never define: {unknown}"
 
-
-def _reads(task_file: str, seen: set[str]) -> set[str]:
-    """The kong_upgrade_* names a step's task file reads, with the files it includes."""
-    import re
-
-    if task_file in seen:
-        return set()
-    seen.add(task_file)
-    path = ROLES / "kong_upgrade" / "tasks" / task_file
-    if not path.exists():
-        return set()
-    text = path.read_text()
-    names = set(re.findall(r"\bkong_upgrade_[a-z0-9_]+", text))
-    for included in re.findall(r'(?:include_tasks|import_tasks):\s*"?([a-z0-9_]+\.yml)', text) + \
-            re.findall(r'\bfile:\s*"?([a-z0-9_]+\.yml)', text):
-        names |= _reads(included, seen)
-    return names
-
-
-def test_every_step_entry_point_declares_the_defaults_it_reads() -> None:
-    wrong = {}
-    for entry, spec in _specs("kong_upgrade").items():
-        if entry == "main":
-            continue
-        wanted = {n for n in _reads(f"{entry}.yml", set()) if n in DEFAULTS}
-        declared = set(spec.get("options") or {})
-        if not wanted <= declared:
-            wrong[entry] = sorted(wanted - declared)
-    assert not wrong, f"step entry points that do not declare defaults they read: {wrong}"
