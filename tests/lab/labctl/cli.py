@@ -223,30 +223,26 @@ def _cmd_load(lab: Lab, args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_kong(lab: Lab, args: argparse.Namespace) -> int:
+def _kit_for(args: argparse.Namespace, what: str) -> Path | None:
+    """The realkong kit to build or package from; without one, None under --if-kit (said), else an error."""
     kit = realkong.kit_dir()
-    if args.kong_command == "build":
-        if kit is None and args.if_kit:
-            print("lab: no realkong kit ($KONG_LAB_REALKONG_KIT, default ../shared/realkong): nothing to build; "
-                  "tests that need real Kong use an installed one or are skipped", file=sys.stderr)
-            return 0
-        if kit is None:
-            raise realkong.RealKongMissing("no realkong kit to build from ($KONG_LAB_REALKONG_KIT, default "
-                                           "../shared/realkong beside the checkout)")
-        for version in args.versions or realkong.kit_versions(kit):
-            found = realkong.build(version, kit)
-            print(f"{version} {found.executable}")
+    if kit is None and args.if_kit:
+        print(f"lab: no realkong kit ($KONG_LAB_REALKONG_KIT, default ../shared/realkong): nothing to {what}; "
+              "tests that need it use an installed Kong or are skipped", file=sys.stderr)
+    elif kit is None:
+        raise realkong.RealKongMissing(f"no realkong kit to {what} from ($KONG_LAB_REALKONG_KIT, default "
+                                       "../shared/realkong beside the checkout)")
+    return kit
+
+
+def _cmd_kong(lab: Lab, args: argparse.Namespace) -> int:
+    if args.kong_command in ("build", "package"):
+        kit = _kit_for(args, args.kong_command)
+        for version in (args.versions or realkong.kit_versions(kit)) if kit else []:
+            made = realkong.build(version, kit).executable if args.kong_command == "build" else build_deb(version, kit)
+            print(f"{version} {made}")
         return 0
-    if args.kong_command == "package":
-        if kit is None and args.if_kit:
-            print("lab: no realkong kit: no Kong package to make; the package-install test uses an installed "
-                  "one or is skipped", file=sys.stderr)
-            return 0
-        if kit is None:
-            raise realkong.RealKongMissing("no realkong kit to package from ($KONG_LAB_REALKONG_KIT)")
-        for version in args.versions or realkong.kit_versions(kit):
-            print(f"{version} {build_deb(version, kit)}")
-        return 0
+    kit = realkong.kit_dir()
     versions = set(realkong.kit_versions(kit) if kit else [])
     versions |= set(realkong.installed_versions(args.kong_install))
     rows = []
