@@ -51,4 +51,3 @@ def test_every_declared_option_is_a_variable_of_the_roles(role: str) -> None:
     unknown = [n for n in unknown if n not in rolling_defaults and n not in ("kong_upgrade_x_version",
                                                                              "kong_upgrade_y_version")]
     assert not unknown, f"{role} declares options the roles never define: {unknown}"
-
