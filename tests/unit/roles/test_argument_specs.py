@@ -5,12 +5,14 @@ spec declares is invisible there and unchecked at the role's entry."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
-ROLES = Path(__file__).resolve().parents[3] / "roles"
+ROOT = Path(__file__).resolve().parents[3]
+ROLES = ROOT / "roles"
 STRATEGIES = ("dual_cluster", "in_place", "blue_green", "rolling")
 DEFAULTS = yaml.safe_load((ROLES / "kong_upgrade" / "defaults" / "main.yml").read_text())
 
@@ -51,3 +53,60 @@ def test_every_declared_option_is_a_variable_of_the_roles(role: str) -> None:
     unknown = [n for n in unknown if n not in rolling_defaults and n not in ("kong_upgrade_x_version",
                                                                              "kong_upgrade_y_version")]
     assert not unknown, f"{role} declares options the roles never define: {unknown}"
+
+
+def _reads(task_file: str, seen: set[str]) -> set[str]:
+    """The kong_upgrade_* names a step's task file reads, with the files it includes."""
+    if task_file in seen:
+        return set()
+    seen.add(task_file)
+    path = ROLES / "kong_upgrade" / "tasks" / task_file
+    if not path.exists():
+        return set()
+    text = path.read_text()
+    names = set(re.findall(r"\bkong_upgrade_[a-z0-9_]+", text))
+    for included in re.findall(r'(?:include_tasks|import_tasks):\s*"?([a-z0-9_]+\.yml)', text) + \
+            re.findall(r'\bfile:\s*"?([a-z0-9_]+\.yml)', text):
+        names |= _reads(included, seen)
+    return names
+
+
+def test_every_step_entry_point_declares_the_defaults_it_reads() -> None:
+    wrong = {}
+    for entry, spec in _specs("kong_upgrade").items():
+        if entry == "main":
+            continue
+        wanted = {n for n in _reads(f"{entry}.yml", set()) if n in DEFAULTS}
+        declared = set(spec.get("options") or {})
+        if not wanted <= declared:
+            wrong[entry] = sorted(wanted - declared)
+    assert not wrong, f"step entry points that do not declare defaults they read: {wrong}"
+
+
+def _includes_of_the_steps() -> list[tuple[str, dict]]:
+    found = []
+    for path in sorted(ROOT.glob("roles/*/tasks/*.yml")) + sorted(ROOT.glob("playbooks/*.yml")) \
+            + sorted(ROOT.glob("extensions/awx/playbooks/*.yml")):
+        stack = [yaml.safe_load(path.read_text())]
+        while stack:
+            node = stack.pop()
+            if isinstance(node, list):
+                stack.extend(node)
+            elif isinstance(node, dict):
+                include = node.get("ansible.builtin.include_role") or node.get("include_role")
+                if isinstance(include, dict) and include.get("name") == "kongops.upgrade.kong_upgrade":
+                    found.append((f"{path.relative_to(ROOT)}: {node.get('name')}", include))
+                stack.extend(v for v in node.values() if isinstance(v, (list, dict)))
+    return found
+
+
+def test_the_steps_are_included_without_loading_their_specs() -> None:
+    """ansible-core reads and deep-copies meta/argument_specs.yml at every include_role that may
+    validate, about 0.07 s each for this role's; no include names an entry point (tasks_from keeps
+    the .yml), so rolespec_validate: false costs no check."""
+    includes = _includes_of_the_steps()
+    assert len(includes) > 90
+    loading = [where for where, include in includes if include.get("rolespec_validate") is not False]
+    assert not loading, f"includes of kong_upgrade's steps without rolespec_validate: false: {loading}"
+    naming = [where for where, include in includes if not str(include.get("tasks_from", "")).endswith(".yml")]
+    assert not naming, f"includes that name an entry point, so would be validated: {naming}"
