@@ -297,6 +297,33 @@ def http_request(url: str, method: str = "GET", body: dict[str, Any] | None = No
         return resp.status, raw.decode("utf-8", "replace")
 
 
+# ----------------------------------------------------------------------------- traffic gates
+
+
+def add_plugin(admin_url: str, body: dict[str, Any]) -> str:
+    """Add a Kong plugin through the node's Admin API; its id."""
+    status, answer = http_request(admin_url + "/plugins", "POST", body)
+    assert status == 201, (status, answer)
+    return answer["id"]
+
+
+def haproxy_gate(lab: Lab, x_servers: list[str], y_servers: list[str], min_duration: float = 1,
+                 **extra: Any) -> dict[str, Any]:
+    """traffic_gate arguments that judge the step from HAProxy's counters of the servers."""
+    return {"source": "haproxy", "haproxy_socket": lab.lb["kong_lb_haproxy_socket"],
+            "backend": lab.lb["kong_lb_backend"], "x_servers": x_servers, "y_servers": y_servers,
+            "min_requests": 300, "min_duration": min_duration, "max_duration": 30, "interval": 0.5, **extra}
+
+
+def metrics_gate(lab: Lab, x_servers: list[str], y_servers: list[str], min_duration: float = 1,
+                 **extra: Any) -> dict[str, Any]:
+    """traffic_gate arguments that judge the step from each node's /metrics (prometheus plugin)."""
+    def urls(names: list[str]) -> list[str]:
+        return [lab.host(n)["kong_status_url"] + "/metrics" for n in names]
+    return {"source": "kong_metrics", "x_servers": urls(x_servers), "y_servers": urls(y_servers),
+            "min_requests": 300, "min_duration": min_duration, "max_duration": 30, "interval": 0.5, **extra}
+
+
 # ----------------------------------------------------------------------------- load windows
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import pytest
 from ansible_runner import run_tasks
-from itlab import http_request, lab_session, poll
+from itlab import add_plugin, haproxy_gate, http_request, lab_session, metrics_gate, poll
 
 X, Y = "3.9.0", "3.9.1"
 X_SERVERS = ["x1", "x2"]
@@ -34,12 +34,6 @@ return function()
   end
 end"""
 Y_DATABASE = "kong_y"
-
-
-def add_plugin(admin_url, body):
-    status, answer = http_request(admin_url + "/plugins", "POST", body)
-    assert status == 201, (status, answer)
-    return answer["id"]
 
 
 def metrics_counted(status_url):
@@ -85,26 +79,13 @@ def gate_step(lab, pct, *gates):
     return results[1:]
 
 
-def haproxy_gate(lab, **extra):
-    return {"source": "haproxy", "haproxy_socket": lab.lb["kong_lb_haproxy_socket"],
-            "backend": lab.lb["kong_lb_backend"], "x_servers": X_SERVERS, "y_servers": Y_SERVERS,
-            "min_requests": 300, "min_duration": 1, "max_duration": 30, "interval": 0.5, **extra}
-
-
-def metrics_gate(lab, **extra):
-    def urls(names):
-        return [lab.host(n)["kong_status_url"] + "/metrics" for n in names]
-    return {"source": "kong_metrics", "x_servers": urls(X_SERVERS), "y_servers": urls(Y_SERVERS),
-            "min_requests": 300, "min_duration": 1, "max_duration": 30, "interval": 0.5, **extra}
-
-
 def y_answers(lab, count):
     """Statuses of ``count`` requests sent straight to Y's proxy."""
     return [http_request(lab.host("y1")["kong_proxy_url"] + "/")[0] for _index in range(count)]
 
 
 def test_a_healthy_y_passes(lab):
-    by_lb, by_metrics = gate_step(lab, 50, (haproxy_gate(lab), False), (metrics_gate(lab), True))
+    by_lb, by_metrics = gate_step(lab, 50, (haproxy_gate(lab, X_SERVERS, Y_SERVERS), False), (metrics_gate(lab, X_SERVERS, Y_SERVERS), True))
     for result in (by_lb, by_metrics):
         assert not result.failed, result.get("msg")
         assert result["verdict"] == "pass", result["reason"]
@@ -128,7 +109,7 @@ def test_y_answering_errors_fails_the_step(lab):
     try:
         # Y's router and plugins are rebuilt a moment after the write: wait for its first injected 503.
         poll(lambda: 503 in y_answers(lab, FAULT_EVERY), 30, "y1 to answer the injected 503", interval=0.2)
-        by_lb, by_metrics = gate_step(lab, 50, (haproxy_gate(lab), False), (metrics_gate(lab), False))
+        by_lb, by_metrics = gate_step(lab, 50, (haproxy_gate(lab, X_SERVERS, Y_SERVERS), False), (metrics_gate(lab, X_SERVERS, Y_SERVERS), False))
     finally:
         status, _body = http_request(f"{y_admin}/plugins/{fault}", "DELETE")
         assert status == 204
@@ -149,7 +130,7 @@ def test_y_answering_errors_fails_the_step(lab):
 
 
 def test_too_little_traffic_to_y_is_inconclusive(lab):
-    (result,) = gate_step(lab, 1, (haproxy_gate(lab, min_requests=500, min_duration=1, max_duration=3), False))
+    (result,) = gate_step(lab, 1, (haproxy_gate(lab, X_SERVERS, Y_SERVERS, min_requests=500, max_duration=3), False))
     assert not result.failed, result.get("msg")
     assert result["verdict"] == "inconclusive", result["reason"]
     assert 0 < result["y"]["requests"] < 500

@@ -20,13 +20,15 @@ import time
 
 import pytest
 from ansible_runner import run_tasks
-from itlab import http_request, lab_session, poll
+from itlab import add_plugin, haproxy_gate, http_request, lab_session, metrics_gate, poll
 
 from labctl.prometheus import Prometheus
 
 X, Y = "3.9.0", "3.9.1"
 X_SERVERS = ["x1", "x2"]
 Y_SERVERS = ["y1"]
+# Seconds every gate of a step samples at least (a Prometheus scrape interval is 1 s here).
+MIN_DURATION = 4
 Y_DATABASE = "kong_y"
 FAULT_EVERY = 5
 FAULT_RATE = 1 / FAULT_EVERY
@@ -41,12 +43,6 @@ end"""
 DELAY_SECONDS = 0.1
 DELAY_CODE = f"return function() ngx.sleep({DELAY_SECONDS}) end"
 PROMETHEUS_PLUGIN = {"name": "prometheus", "config": {"status_code_metrics": True, "latency_metrics": True}}
-
-
-def add_plugin(admin_url, body):
-    status, answer = http_request(admin_url + "/plugins", "POST", body)
-    assert status == 201, (status, answer)
-    return answer["id"]
 
 
 def delete_plugin(admin_url, plugin_id):
@@ -129,20 +125,7 @@ def judge(*gates):
 def prometheus_gate(lab, prom, **extra):
     return {"source": "prometheus", "prometheus_url": prom.url,
             "x_servers": [target(lab, n) for n in X_SERVERS], "y_servers": [target(lab, n) for n in Y_SERVERS],
-            "min_requests": 300, "min_duration": 4, "max_duration": 30, "interval": 1, **extra}
-
-
-def haproxy_gate(lab, **extra):
-    return {"source": "haproxy", "haproxy_socket": lab.lb["kong_lb_haproxy_socket"],
-            "backend": lab.lb["kong_lb_backend"], "x_servers": X_SERVERS, "y_servers": Y_SERVERS,
-            "min_requests": 300, "min_duration": 4, "max_duration": 30, "interval": 0.5, **extra}
-
-
-def metrics_gate(lab, **extra):
-    def urls(names):
-        return [lab.host(n)["kong_status_url"] + "/metrics" for n in names]
-    return {"source": "kong_metrics", "x_servers": urls(X_SERVERS), "y_servers": urls(Y_SERVERS),
-            "min_requests": 300, "min_duration": 4, "max_duration": 30, "interval": 0.5, **extra}
+            "min_requests": 300, "min_duration": MIN_DURATION, "max_duration": 30, "interval": 1, **extra}
 
 
 def y_answers(lab, count):
@@ -208,7 +191,8 @@ def test_a_slower_y_fails_the_latency_limit_of_every_source(lab, prom):
         # HAProxy's ttime is an average over a server's last 1024 requests: a fresh Y (what a first step
         # meets) has served only the step. Clear the counters so y1's average covers only slow requests.
         assert lab.haproxy("clear counters all").strip() == ""
-        results = judge(prometheus_gate(lab, prom), metrics_gate(lab), haproxy_gate(lab))
+        results = judge(prometheus_gate(lab, prom), metrics_gate(lab, X_SERVERS, Y_SERVERS, min_duration=MIN_DURATION),
+                         haproxy_gate(lab, X_SERVERS, Y_SERVERS, min_duration=MIN_DURATION))
     finally:
         delete_plugin(y_admin, delay)
     poll(lambda: all(t < DELAY_SECONDS for _s, t in y_answers(lab, 3)), 30, "y1 without the delay", interval=0.2)

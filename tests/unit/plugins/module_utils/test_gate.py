@@ -1,10 +1,11 @@
 """Unit tests for the traffic gate's arithmetic and verdicts."""
 
+from gate_fakes import scripted_gate
+
 from ansible_collections.kongops.upgrade.plugins.module_utils._gate import (
     FAIL,
     INCONCLUSIVE,
     PASS,
-    Gate,
     haproxy_counters,
     prometheus_counters,
 )
@@ -20,24 +21,7 @@ def stat(rows):
     return "\n".join(lines) + "\n"
 
 
-class Clock:
-    def __init__(self):
-        self.now = 0.0
-
-    def time(self):
-        return self.now
-
-    def sleep(self, seconds):
-        self.now += seconds
-
-
-def make_gate(script, **kwargs):
-    clock = Clock()
-    readings = iter(script)
-    options = dict(min_requests=100, min_duration=5, max_duration=60, max_error_rate=0.01,
-                   max_error_rate_increase=0.005, interval=1.0)
-    options.update(kwargs)
-    return Gate(lambda: next(readings), ["x1"], ["y1"], clock=clock.time, sleep=clock.sleep, **options)
+make_gate = scripted_gate
 
 
 def counters(x_ok, x_err, y_ok, y_err):

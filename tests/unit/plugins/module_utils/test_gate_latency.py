@@ -12,6 +12,8 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from urllib.parse import parse_qs
 
 import pytest
+from gate_fakes import FakeClock as Clock
+from gate_fakes import scripted_gate
 
 from ansible_collections.kongops.upgrade.plugins.module_utils._gate import (
     FAIL,
@@ -44,29 +46,12 @@ BOUNDS = ("1", "2", "5", "7", "10", "15", "20", "30", "50", "75", "100", "200", 
           "+Inf")
 
 
-class Clock:
-    def __init__(self):
-        self.now = 0.0
-
-    def time(self):
-        return self.now
-
-    def sleep(self, seconds):
-        self.now += seconds
-
-
 def limit(max_ratio=2.0, floor_ms=50.0, quantile=0.99, statistic=None):
     return LatencyLimit(max_ratio, floor_ms, quantile, statistic)
 
 
 def run_gate(script, x_names, y_names, latency, **kwargs):
-    clock = Clock()
-    readings = iter(script)
-    options = dict(min_requests=100, min_duration=5, max_duration=60, max_error_rate=0.01,
-                   max_error_rate_increase=0.005, interval=1.0)
-    options.update(kwargs)
-    return Gate(lambda: next(readings), x_names, y_names, clock=clock.time, sleep=clock.sleep, latency=latency,
-                **options).run()
+    return scripted_gate(script, x_names, y_names, latency=latency, **kwargs).run()
 
 
 # ----------------------------------------------------------------------------- histogram_quantile
