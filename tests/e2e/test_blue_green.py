@@ -93,6 +93,9 @@ FAULTS = {
     "y_returns_5xx_at_10_percent": (lambda lab: {"kong_upgrade_y_conf_overrides": y_overload_fault()},
                                     "shift_traffic", None),
 }
+# Left out of `make test` (marker extended; `make test-all` runs it): a failing smoke test comes
+# before Y gets traffic and takes the rollback of a Y that fails to start.
+EXTENDED_FAULTS = {"smoke_test_fails"}
 
 
 def _assert_back_on_x(lab, phase):
@@ -105,7 +108,8 @@ def _assert_back_on_x(lab, phase):
     assert not [cmd for cmd in report["migrations"]["commands"] if "migrations finish" in cmd], report["migrations"]
 
 
-@pytest.mark.parametrize("fault", sorted(FAULTS))
+@pytest.mark.parametrize("fault", [pytest.param(f, marks=pytest.mark.extended) if f in EXTENDED_FAULTS else f
+                                   for f in sorted(FAULTS)])
 def test_blue_green_failure_before_finish_returns_traffic_to_x(fault, tmp_path):
     extra_vars, phase, says = FAULTS[fault]
     with running_lab(*LAB, kong="real") as lab:

@@ -62,6 +62,9 @@ FAULTS = {
     "y_returns_5xx": (lambda lab, tmp: {"kong_upgrade_y_conf_overrides": y_overload_fault()}, "shift_traffic",
                       "Y against X"),
 }
+# Left out of `make test` (marker extended; `make test-all` runs it): Y fails to start in the phase
+# y_port_taken fails in, and takes the same rollback.
+EXTENDED_FAULTS = {"y_workers_die"}
 
 
 def _assert_rolled_back(lab, run, phase, said):
@@ -79,7 +82,8 @@ def _assert_rolled_back(lab, run, phase, said):
     assert report["rollback"]["thawed"] is True and report["freeze_lifted"] is True
 
 
-@pytest.mark.parametrize("fault", sorted(FAULTS))
+@pytest.mark.parametrize("fault", [pytest.param(f, marks=pytest.mark.extended) if f in EXTENDED_FAULTS else f
+                                   for f in sorted(FAULTS)])
 def test_failure_before_point_of_no_return_returns_traffic_to_x(fault, tmp_path):
     make_vars, phase, said = FAULTS[fault]
     with running_lab(*LAB, kong="real") as lab:

@@ -187,6 +187,9 @@ FAULTS = {
     "y_returns_5xx_at_10_percent": ("data_plane", lambda lab: {"kong_upgrade_y_conf_overrides": y_overload_fault()},
                                     "batch 1: shift_traffic"),
 }
+# Left out of `make test` (marker extended; `make test-all` runs it): a failing smoke test comes
+# before Y gets traffic and takes the rollback of a Y that fails to start.
+EXTENDED_FAULTS = {"smoke_test_fails"}
 
 
 # A team's own play over the control node alone that includes the role: the nodes are not hosts of
@@ -202,7 +205,8 @@ TEAM_PLAY = """\
 """
 
 
-@pytest.mark.parametrize("fault", sorted(FAULTS))
+@pytest.mark.parametrize("fault", [pytest.param(f, marks=pytest.mark.extended) if f in EXTENDED_FAULTS else f
+                                   for f in sorted(FAULTS)])
 def test_rolling_failure_before_x_is_retired_returns_traffic_to_x(fault, tmp_path):
     mode, extra_vars, phase = FAULTS[fault]
     with running_lab(*NODES, *MODES[mode], kong="real") as lab:
