@@ -210,7 +210,8 @@ EXTENDED_CASES = {
     "error-rate-increase-negative", "drain-negative", "quit-timeout-negative", "ready-timeout-zero",
     "y-shares-x-prefix-in-place", "y-shares-x-conf", "x-nodes-share-admin-url", "y-shares-x-lb-server",
     "y-shares-x-prefix-plan", "relative-report-dir", "node-without-lb-server", "database-missing", "max-weight-zero",
-    "smoke-requests-not-a-list-plan",
+    "smoke-requests-not-a-list-plan", "database-wrong-password", "y-binary-is-x", "an-x-node-does-not-answer",
+    "declared-data-plane-on-traditional-nodes", "soak-negative", "backup-jobs-zero", "x-version-empty",
 }
 assert EXTENDED_CASES <= {case[0] for case in CASES}
 

@@ -94,8 +94,9 @@ FAULTS = {
                                     "shift_traffic", None),
 }
 # Left out of `make test` (marker extended; `make test-all` runs it): a failing smoke test comes
-# before Y gets traffic and takes the rollback of a Y that fails to start.
-EXTENDED_FAULTS = {"smoke_test_fails"}
+# before Y gets traffic and takes the rollback of a Y that fails to start; a Y that fails to start is
+# also rolling's and in-place's fault, with the same return to X.
+EXTENDED_FAULTS = {"smoke_test_fails", "y_fails_to_start"}
 
 
 def _assert_back_on_x(lab, phase):

@@ -66,6 +66,9 @@ def _assert_upgraded(lab, before):
     return report
 
 
+# extended (left out of `make test`): a run killed while the backup is written, taken over by the next run
+# that upgrades, is test_crash_recovery_in_phase.py's test_in_place_killed_while_the_backup_is_written_takes_a_complete_backup.
+@pytest.mark.extended
 def test_killed_during_the_backup_the_next_run_takes_over_and_upgrades(tmp_path):
     with running_lab(*LAB, kong="real") as lab:
         before = entity_ids(lab)
@@ -81,6 +84,9 @@ def test_killed_during_the_backup_the_next_run_takes_over_and_upgrades(tmp_path)
         _assert_upgraded(lab, before)
 
 
+# extended (left out of `make test`): X started again on its untouched database after a kill once X
+# stopped is test_crash_recovery_in_phase.py's test_in_place_killed_while_x_stops_starts_x_again_untouched.
+@pytest.mark.extended
 def test_killed_after_x_stopped_before_any_migration_x_starts_again_untouched(tmp_path):
     with running_lab(*LAB, kong="real") as lab:
         before = entity_ids(lab)
@@ -149,6 +155,9 @@ def test_killed_before_the_switch_to_y_the_next_run_completes_the_upgrade(tmp_pa
         assert settled.rc == 0 and settled.changed == 0, settled.explain()
 
 
+# extended (left out of `make test`): a run resumed past the point of no return is
+# test_crash_recovery_traffic.py's test_blue_green_killed_while_x_is_retired_goes_on_retiring_x_then_finishes.
+@pytest.mark.extended
 def test_killed_before_the_thaw_the_next_run_resumes_there(tmp_path):
     # Y serves all traffic: past the point of no return, the re-run only proves the configuration
     # unchanged and thaws (it never goes back).
