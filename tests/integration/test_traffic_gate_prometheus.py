@@ -191,8 +191,9 @@ def test_a_slower_y_fails_the_latency_limit_of_every_source(lab, prom):
         # HAProxy's ttime is an average over a server's last 1024 requests: a fresh Y (what a first step
         # meets) has served only the step. Clear the counters so y1's average covers only slow requests.
         assert lab.haproxy("clear counters all").strip() == ""
-        results = judge(prometheus_gate(lab, prom), metrics_gate(lab, X_SERVERS, Y_SERVERS, min_duration=MIN_DURATION),
-                         haproxy_gate(lab, X_SERVERS, Y_SERVERS, min_duration=MIN_DURATION))
+        results = judge(prometheus_gate(lab, prom),
+                        metrics_gate(lab, X_SERVERS, Y_SERVERS, min_duration=MIN_DURATION),
+                        haproxy_gate(lab, X_SERVERS, Y_SERVERS, min_duration=MIN_DURATION))
     finally:
         delete_plugin(y_admin, delay)
     poll(lambda: all(t < DELAY_SECONDS for _s, t in y_answers(lab, 3)), 30, "y1 without the delay", interval=0.2)
