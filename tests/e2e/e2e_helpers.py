@@ -36,7 +36,11 @@ class PlaybookRun:
         self.failed = int(match.group(4)) if match else None
 
     def explain(self) -> str:
-        return f"rc={self.rc}\n{self.stdout[-6000:]}\n{self.stderr[-3000:]}"
+        # What the run said (its debug messages: the plan, the batches, each step) from its start,
+        # then the end of its output, where it failed.
+        said = [line.strip() for line in self.stdout.splitlines() if line.lstrip().startswith('"msg":')]
+        return (f"rc={self.rc}\nmessages of the run:\n" + "\n".join(said)[:4000]
+                + f"\nend of the output:\n{self.stdout[-6000:]}\n{self.stderr[-3000:]}")
 
 
 def _playbook_command(name: str, inventory: Path, extra_vars: dict[str, Any], tmp_path: Path, check: bool,

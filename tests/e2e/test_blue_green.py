@@ -70,6 +70,9 @@ def test_blue_green_upgrade_serves_every_request_and_is_idempotent(tmp_path):
         assert not [path for path in (lab.run_dir / "reports").rglob("*") if path.is_file() and token in path.read_text()]
 
 
+# extended (left out of `make test`, second cut): an emulated teardown migration; the order of up and finish is also checked by
+# tests/integration/test_kong_migrations.py on real Kong.
+@pytest.mark.extended
 def test_blue_green_upgrade_with_a_teardown_migration_runs_finish_last(tmp_path):
     """Emulated: 3.6.0 -> 3.6.1 adds a migration with a teardown (kong-facts 3.6), so `finish` has
     work to do after X is retired. No OSS release pair that can be built here has migrations within
@@ -134,6 +137,9 @@ def test_blue_green_failure_before_finish_returns_traffic_to_x(fault, tmp_path):
         _assert_back_on_x(lab, phase)
 
 
+# extended (left out of `make test`, second cut): a failure while X is retired; its rollback path
+# is the one test_blue_green_failure_before_finish_returns_traffic_to_x takes.
+@pytest.mark.extended
 def test_blue_green_x_node_that_cannot_stop_restarts_x_before_finish(tmp_path):
     with running_lab(*LAB, kong="real") as lab:
         # x2's kong refuses `quit`/`stop` (a wrapper in front of the real binary), so retiring X

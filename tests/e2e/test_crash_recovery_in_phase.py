@@ -20,6 +20,7 @@ import json
 import signal
 import time
 
+import pytest
 from ansible_runner import run_module
 from e2e_helpers import (
     admin_version,
@@ -52,6 +53,8 @@ def _record(lab):
     return json.loads((lab.run_dir / "reports" / f"{LABEL}.state.json").read_text())
 
 
+# extended (left out of `make test`, second cut): an in-place run killed while X stops; test_crash_recovery.py's half-migrated database stays.
+@pytest.mark.extended
 def test_in_place_killed_while_x_stops_starts_x_again_untouched(tmp_path):
     began = time.monotonic()
     with running_lab(*LAB, kong="real") as lab:
@@ -97,6 +100,9 @@ def test_in_place_killed_while_x_stops_starts_x_again_untouched(tmp_path):
     print(f"in-place killed while X stops: {time.monotonic() - began:.0f} s")
 
 
+# extended (left out of `make test`, second cut): an in-place run killed while the backup is written; pg_backup's own integration tests check
+# that a partial backup is never taken for a complete one.
+@pytest.mark.extended
 def test_in_place_killed_while_the_backup_is_written_takes_a_complete_backup(tmp_path):
     began = time.monotonic()
     with running_lab(*LAB, kong="real") as lab:

@@ -101,6 +101,9 @@ def _assert_converged(lab, phase, y_share, resumed, settled, summary, hash_befor
     return report
 
 
+# extended (left out of `make test`, second cut): a rolling run resumed in its second batch; test_rolling.py's hybrid case resumes a run
+# interrupted while X is retired, and test_crash_recovery_traffic.py a run killed mid-shift.
+@pytest.mark.extended
 def test_dbless_killed_in_the_second_batch_resumes_the_shift(tmp_path):
     began = time.monotonic()
     with running_lab(*NODES, "--mode", "dbless", kong="real") as lab:

@@ -135,6 +135,9 @@ def test_failure_past_point_of_no_return_is_reported_and_the_next_run_completes(
         assert statuses == ["failed after the point of no return", "succeeded"], history
 
 
+# extended (left out of `make test`, second cut): a rollback then admin writes before the next run (a new backup); the rollback itself is taken
+# by test_failure_before_point_of_no_return_returns_traffic_to_x.
+@pytest.mark.extended
 def test_a_failing_smoke_test_rolls_back_and_writes_made_after_it_reach_y_through_a_new_backup(tmp_path):
     """A smoke test that fails (Y does not answer what the operator expects) returns traffic to X and
     thaws X's database; admins write to it; the next run must not reuse the backup taken before

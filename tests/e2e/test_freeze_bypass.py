@@ -24,6 +24,7 @@ import threading
 import time
 import urllib.parse
 
+import pytest
 from ansible_runner import run_module
 from e2e_helpers import (
     _haproxy_servers,
@@ -87,6 +88,10 @@ def test_a_write_past_the_freeze_stops_the_run_before_the_point_of_no_return(tmp
         assert_back_on_x(lab, X)
 
 
+# extended (left out of `make test`, second cut): three dual-cluster runs (over 900 s on a busy 2-core machine); the freeze check that catches
+# a write is taken before the point of no return by test_a_write_past_the_freeze_stops_the_run...
+@pytest.mark.extended
+@pytest.mark.timeout(1800)
 def test_a_write_past_the_freeze_after_the_point_of_no_return_keeps_y_frozen_until_accepted(tmp_path):
     with running_lab("--x-version", X, "--y-version", Y, "--x-nodes", "2", "--y-nodes", "2", kong="real") as lab:
         x_database = pg_args(lab)["pg_database"]
@@ -163,6 +168,9 @@ def test_a_write_past_the_freeze_after_the_point_of_no_return_keeps_y_frozen_unt
         assert run_module("kong_config_freeze", dict(pg_args(lab), state="status"))["frozen"] is True
 
 
+# extended (left out of `make test`, second cut): the same thaw check as test_a_write_past_the_freeze_stops_the_run_before_the_point_of_no_return,
+# reached by the in-place strategy.
+@pytest.mark.extended
 def test_in_place_a_write_past_the_freeze_once_y_serves_is_caught_before_the_thaw(tmp_path):
     with running_lab("--x-version", X, "--y-version", Y, "--x-nodes", "2", "--y-nodes", "2", kong="real") as lab:
         y_servers = {host["kong_lb_server_name"] for host in lab.hosts("kong_y").values()}

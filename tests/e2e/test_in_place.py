@@ -102,6 +102,8 @@ def test_in_place_upgrade_downtime_is_the_recorded_window_and_is_idempotent(tmp_
         assert second.changed == 0, second.explain()
 
 
+# extended (left out of `make test`, second cut): in-place without a load balancer; the node steps are the ones of the main in-place case.
+@pytest.mark.extended
 def test_in_place_without_a_load_balancer_upgrades_the_nodes(tmp_path):
     # In-place needs no load balancer (the clients may reach the nodes by DNS): every step that
     # reads or weights one is skipped. ansible-core 2.19 templates delegate_to before `when`, so
@@ -182,6 +184,9 @@ CREATE TRIGGER e2e_reject_rate_limiting_migration BEFORE UPDATE ON plugins
 """
 
 
+# extended (left out of `make test`, second cut): `migrations up` failing midway in PostgreSQL; the restore of a half-migrated database is
+# taken by test_crash_recovery.py::test_killed_with_the_database_half_migrated_the_backup_is_restored.
+@pytest.mark.extended
 def test_in_place_migrations_up_failing_midway_restores_the_database_and_the_next_run_completes(tmp_path):
     with running_lab(*LAB, kong="real") as lab:
         sql(lab, FAILING_MIGRATION_TRIGGER)
