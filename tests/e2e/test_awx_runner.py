@@ -324,9 +324,6 @@ def run_node(lab: Any, root: Path, awx_setup: dict[str, list[dict[str, Any]]], i
     return Job(pdd, ident, proc, extra_vars)
 
 
-# extended (left out of `make test`, second cut): the workflow's two jobs through ansible-runner under load; the workflow's definition is checked
-# by test_setup_awx_defines_the_workflow_with_its_approval_and_hand_off, the dual-cluster run by test_dual_cluster.py.
-@pytest.mark.extended
 def test_workflow_hands_off_through_artifacts_under_load(awx_setup, tmp_path):
     from labctl.load import LoadGenerator  # tests/lab, on sys.path through labfixtures
 

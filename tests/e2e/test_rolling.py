@@ -89,10 +89,10 @@ def _assert_on_x_only(lab):
         assert _version(host) is None, f"{name} still runs after the rollback"
 
 
-# The DB-less case is extended (left out of `make test`, second cut): the hybrid case takes the same
-# batches, gates and resume; the DB-less rolling paths in make test are its dry run
-# (test_preflight_and_dry_run.py) and its fault y_fails_to_start below.
-@pytest.mark.parametrize("mode", [pytest.param(m, marks=pytest.mark.extended) if m == "dbless" else m
+# The hybrid case is extended (left out of `make test`, second cut): the DB-less case takes the same
+# batches and gates over SSH; hybrid rolling batches stay in make test through the fault
+# y_returns_5xx_at_10_percent below and test_rolling_preflight_refuses_a_control_plane_older_than_y_and_a_wrong_mode.
+@pytest.mark.parametrize("mode", [pytest.param(m, marks=pytest.mark.extended) if m == "data_plane" else m
                                   for m in sorted(MODES)])
 def test_rolling_upgrade_serves_every_request_keeps_the_configuration_and_is_idempotent(mode, tmp_path):
     # Hybrid also stops before retiring X (kong_upgrade_finalize=false, an approval step); then a run
