@@ -6,13 +6,11 @@ spec declares is invisible there and unchecked at the role's entry."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 import yaml
+from task_files import ROLES, ROOT, include_target, load, walk
 
-ROOT = Path(__file__).resolve().parents[3]
-ROLES = ROOT / "roles"
 STRATEGIES = ("dual_cluster", "in_place", "blue_green", "rolling")
 DEFAULTS = yaml.safe_load((ROLES / "kong_upgrade" / "defaults" / "main.yml").read_text())
 
@@ -63,11 +61,11 @@ def _reads(task_file: str, seen: set[str]) -> set[str]:
     path = ROLES / "kong_upgrade" / "tasks" / task_file
     if not path.exists():
         return set()
-    text = path.read_text()
-    names = set(re.findall(r"\bkong_upgrade_[a-z0-9_]+", text))
-    for included in re.findall(r'(?:include_tasks|import_tasks):\s*"?([a-z0-9_]+\.yml)', text) + \
-            re.findall(r'\bfile:\s*"?([a-z0-9_]+\.yml)', text):
-        names |= _reads(included, seen)
+    names = set(re.findall(r"\bkong_upgrade_[a-z0-9_]+", path.read_text()))
+    for task in walk(load(path)):
+        included = include_target(task)
+        if included:
+            names |= _reads(included, seen)
     return names
 
 
@@ -87,16 +85,10 @@ def _includes_of_the_steps() -> list[tuple[str, dict]]:
     found = []
     for path in sorted(ROOT.glob("roles/*/tasks/*.yml")) + sorted(ROOT.glob("playbooks/*.yml")) \
             + sorted(ROOT.glob("extensions/awx/playbooks/*.yml")):
-        stack = [yaml.safe_load(path.read_text())]
-        while stack:
-            node = stack.pop()
-            if isinstance(node, list):
-                stack.extend(node)
-            elif isinstance(node, dict):
-                include = node.get("ansible.builtin.include_role") or node.get("include_role")
-                if isinstance(include, dict) and include.get("name") == "kongops.upgrade.kong_upgrade":
-                    found.append((f"{path.relative_to(ROOT)}: {node.get('name')}", include))
-                stack.extend(v for v in node.values() if isinstance(v, (list, dict)))
+        for task in walk(load(path)):
+            include = task.get("ansible.builtin.include_role") or task.get("include_role")
+            if isinstance(include, dict) and include.get("name") == "kongops.upgrade.kong_upgrade":
+                found.append((f"{path.relative_to(ROOT)}: {task.get('name')}", include))
     return found
 
 

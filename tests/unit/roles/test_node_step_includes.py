@@ -11,22 +11,8 @@ An include or node step that applies only sometimes may template run_once as the
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import yaml
-
-ROLES = Path(__file__).resolve().parents[3] / "roles"
-
-
-def _tasks(items, conditional=False):
-    """Every task, block included, each with `_conditional`: it or a block around it has a `when`."""
-    for task in items or []:
-        if not isinstance(task, dict):
-            continue
-        here = conditional or "when" in task
-        yield {**task, "_conditional": here}
-        for section in ("block", "rescue", "always"):
-            yield from _tasks(task.get(section), here)
+from task_files import ROLES, include_target, role_task_files
 
 
 def _runs_for_every_host(task):
@@ -37,23 +23,6 @@ def _runs_for_every_host(task):
     return isinstance(run_once, str) and run_once.strip().startswith("{{") and task["_conditional"]
 
 
-def _target(task):
-    """The kong_upgrade or strategy file a task includes, or None."""
-    if "ansible.builtin.include_tasks" in task:
-        return str(task["ansible.builtin.include_tasks"])
-    role = task.get("ansible.builtin.include_role")
-    if isinstance(role, dict) and role.get("tasks_from"):
-        return str(role["tasks_from"])
-    return None
-
-
-def _files():
-    files = {}
-    for path in sorted(ROLES.glob("*/tasks/*.yml")):
-        files[(path.parent.parent.name, path.name)] = list(_tasks(yaml.safe_load(path.read_text())))
-    return files
-
-
 def _resolve(role, target):
     """(role, file) of an include from role's tasks: include_role names kong_upgrade's files."""
     own = (role, target)
@@ -61,7 +30,7 @@ def _resolve(role, target):
     return shared if shared in FILES and role != "kong_upgrade" and own not in FILES else own
 
 
-FILES = _files()
+FILES = role_task_files()
 
 
 def _with_node_steps():
@@ -73,7 +42,7 @@ def _with_node_steps():
         for key, tasks in FILES.items():
             if key in found:
                 continue
-            if any(_target(task) and _resolve(key[0], _target(task)) in found for task in tasks):
+            if any(include_target(task) and _resolve(key[0], include_target(task)) in found for task in tasks):
                 found.add(key)
                 grew = True
     return found
@@ -92,7 +61,7 @@ def test_every_include_of_node_steps_runs_for_every_host_and_no_other_does():
     wrong = []
     for (role, name), tasks in FILES.items():
         for task in tasks:
-            target = _target(task)
+            target = include_target(task)
             if target is None:
                 continue
             needs = _resolve(role, target) in with_steps
