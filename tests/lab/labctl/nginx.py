@@ -93,7 +93,7 @@ class NginxSetup:
 {user}worker_processes {self.worker_processes};
 pid {self.pidfile};
 error_log {self.error_log} warn;
-worker_shutdown_timeout 10s;
+worker_shutdown_timeout 60s;
 
 events {{
     worker_connections 2048;
