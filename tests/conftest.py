@@ -9,17 +9,10 @@ before any test module imports ``labctl.paths``, which reads both once.
 
 A plain ``pytest`` run (no ``-n``) is one process and keeps the environment as it is.
 
-Under ``-n`` (and the default ``--dist load``) the work is handed out in collection order, a
-unit at a time to whichever worker is free:
-- every test file outside tests/e2e is one unit (xdist's ``loadfile``): many bring up one lab in
-  a module-scoped fixture and walk it through an upgrade test by test, which the default
-  scheduling would split across workers (two labs per file, the order broken);
-- every e2e test is a unit of its own (each brings up its own lab), except the files of
-  ``E2E_FILES_KEPT_WHOLE`` (tests/work_units.py), which share a module-scoped fixture (tests/unit/test_test_layout.py
-  checks the list);
-- units go out in collection order, e2e first (xdist would otherwise sort files by their number
-  of tests, which sends the long e2e tests, a few per file, last). Seen in a CI run: two e2e
-  files went out last, and for the last 5 minutes one worker ran them while two had no work.
+Under ``-n`` every test file runs whole on one worker (xdist's ``loadfile`` scheduling, unless
+``--dist`` asks for another than the default ``load``): many files bring up one lab in a
+module-scoped fixture and walk it through an upgrade test by test, which the default scheduling
+would split across workers (two labs per file, the order broken).
 """
 
 from __future__ import annotations
@@ -28,7 +21,6 @@ import os
 from pathlib import Path
 
 import pytest
-from work_units import work_unit
 
 _WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
 
@@ -49,9 +41,4 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | 
         return None
     from xdist.scheduler import LoadFileScheduling
 
-    class Scheduling(LoadFileScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            return work_unit(nodeid)
-
-    config.option.loadscopereorder = False  # collection order: tests/e2e first
-    return Scheduling(config, log)
+    return LoadFileScheduling(config, log)
