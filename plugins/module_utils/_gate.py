@@ -365,13 +365,19 @@ class Gate:
         start = self.clock()
         self.window.begin()
         samples = 0
+        x_before = 0
         while True:
             self.sleep(self.interval)
             x, y = self.window.observe()
             samples += 1
             elapsed = self.clock() - start
             verdict, reason = judge(x, y, self.min_requests, self.max_error_rate, self.max_error_rate_increase)
-            enough = elapsed >= self.min_duration and y["requests"] >= self.min_requests
+            # Y is compared with X once X has served the minimum sample too. While X still serves
+            # (a step below 100 %), wait for it, up to the deadline; X that serves nothing more (the
+            # last step, the soak) is not waited for.
+            x_comparable = x["requests"] >= self.min_requests or x["requests"] <= x_before
+            x_before = x["requests"]
+            enough = elapsed >= self.min_duration and y["requests"] >= self.min_requests and x_comparable
             early_fail = verdict == FAIL and y["requests"] >= self.min_requests
             if enough or early_fail or elapsed >= self.max_duration:
                 return self._result(verdict, reason, x, y, elapsed, samples)

@@ -88,7 +88,8 @@ options:
   min_requests:
     description:
       - Requests Y must serve in the step before it is judged. With zero errors, N requests bound Y's error rate below
-        about 3/N at 95 % confidence. X must have served as many for Y to be compared with it.
+        about 3/N at 95 % confidence. X must have served as many for Y to be compared with it; while X still
+        serves (a step below 100 %), the step goes on until it has, up to O(max_duration).
     type: int
     default: 300
   min_duration:

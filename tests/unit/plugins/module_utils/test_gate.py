@@ -35,6 +35,23 @@ def test_healthy_y_passes_after_min_duration_and_min_requests():
     assert result["y"]["requests"] >= 100 and result["duration_seconds"] >= 5
 
 
+def test_a_step_waits_while_x_serves_until_x_can_be_compared():
+    # 50 %: at 5 s Y has its 100 requests and X only 95; X still serves, so the step goes on.
+    script = [counters(19 * i, 0, 20 * i, 0) for i in range(0, 100)]
+    result = make_gate(script).run()
+    assert result["verdict"] == PASS
+    assert result["x"]["requests"] >= 100 and result["duration_seconds"] == 6
+    assert "X served too little" not in result["reason"]
+
+
+def test_a_step_does_not_wait_for_x_that_serves_nothing_more():
+    # 100 %: X's count stays where it was; the step ends at the minimum sample.
+    script = [counters(0, 0, 0, 0)] + [counters(40, 0, 50 * i, 0) for i in range(1, 100)]
+    result = make_gate(script).run()
+    assert result["verdict"] == PASS
+    assert result["duration_seconds"] == 5 and "X served too little to compare" in result["reason"]
+
+
 def test_y_errors_fail_early_with_the_numbers():
     script = [counters(1000 * i, 0, 40 * i, 10 * i) for i in range(0, 100)]
     result = make_gate(script).run()
