@@ -11,8 +11,7 @@ An include or node step that applies only sometimes may template run_once as the
 
 from __future__ import annotations
 
-import yaml
-from task_files import ROLES, include_target, role_task_files
+from task_files import ROLES, include_target, load, role_task_files
 
 
 def _runs_for_every_host(task):
@@ -90,6 +89,6 @@ def test_a_templated_run_once_is_found_and_needs_a_when():
 
 def test_each_strategy_runs_its_procedure_once():
     for strategy in ("dual_cluster", "in_place", "blue_green", "rolling"):
-        top = yaml.safe_load((ROLES / strategy / "tasks" / "main.yml").read_text())
+        top = load(ROLES / strategy / "tasks" / "main.yml")
         assert len(top) == 1 and top[0].get("run_once") is True and top[0].get("delegate_to") == "localhost" \
             and top[0].get("any_errors_fatal") is True, strategy
