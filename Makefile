@@ -33,7 +33,14 @@ help:
 	@echo "make real-kong   build real Kong from the realkong kit into the cache (done by make test)"
 	@echo "make molecule SCENARIO=dual_cluster|blue_green|in_place|rolling   one molecule scenario on the lab"
 
-setup: system-packages $(STAMP) build/collections/ansible_collections/kongops/upgrade
+setup: system-packages $(STAMP) $(VENV)/.zipcache build/collections/ansible_collections/kongops/upgrade
+
+# The lab's cache of compiled module code (tests/lab/zipcache.py): Ansible's module runs on the
+# lab compile ansible-core's module_utils from source every time, and the tests make thousands.
+export KONGOPS_LAB_ZIPCACHE ?= $(CURDIR)/tests/output/zipcache
+$(VENV)/.zipcache: tests/lab/zipcache.py $(STAMP)
+	@$(PY) tests/lab/zipcache.py install
+	@touch $@
 
 build/collections/ansible_collections/kongops/upgrade:
 	@mkdir -p build/collections/ansible_collections/kongops

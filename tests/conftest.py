@@ -24,6 +24,10 @@ import pytest
 
 _WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
 
+# The lab's cache of compiled module code, shared by the workers (tests/lab/zipcache.py; `make setup`
+# installs its hook into the venv, and without the hook this does nothing).
+os.environ.setdefault("KONGOPS_LAB_ZIPCACHE", str(Path(__file__).resolve().parent / "output" / "zipcache"))
+
 if _WORKER.startswith("gw") and _WORKER[2:].isdigit():
     _base_net = int(os.environ.get("KONG_LAB_NET", "0") or "0")
     _net = _base_net + int(_WORKER[2:])
