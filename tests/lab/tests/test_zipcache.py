@@ -64,6 +64,6 @@ def test_a_directory_others_can_write_is_not_used(tmp_path):
     cache = tmp_path / "cache"
     cache.mkdir()
     cache.chmod(0o777)
-    for _ in range(2):
-        assert _import(_payload(tmp_path, 3), cache) == uncached
+    for run in ("first", "second"):
+        assert _import(_payload(tmp_path, 3), cache) == uncached, run
     assert not list(cache.iterdir())
