@@ -28,7 +28,7 @@ KONG_PACKAGES ?= 3.9.1
 help:
 	@echo "make demo    lab up (real Kong 3.4.2 -> 3.9.1), dual-cluster upgrade under load, report, lab down"
 	@echo "make test    every check and test: ruff, ansible-lint, ansible-test sanity, pytest, molecule ($(SCENARIO)); without the extended e2e cases"
-	@echo "make test-all    make test with the extended e2e cases too (about 30 min more)"
+	@echo "make test-all    make test with the extended e2e cases too (about 50 min more on 2 cores)"
 	@echo "make setup   only install what the two above need (apt packages, $(VENV))"
 	@echo "make real-kong   build real Kong from the realkong kit into the cache (done by make test)"
 	@echo "make molecule SCENARIO=dual_cluster|blue_green|in_place|rolling   one molecule scenario on the lab"
