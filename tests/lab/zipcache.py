@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import marshal
 import os
-import site
 import stat
 import sys
 import sysconfig
@@ -85,8 +84,6 @@ def enable() -> None:
 def install() -> Path:
     """Copy this file into the running Python's site-packages with its .pth (idempotent)."""
     purelib = Path(sysconfig.get_paths()["purelib"])
-    if not purelib.is_dir():
-        purelib = Path(site.getsitepackages()[0])
     target = purelib / "kongops_lab_zipcache.py"
     text = Path(__file__).read_text(encoding="utf-8")
     if not target.is_file() or target.read_text(encoding="utf-8") != text:
