@@ -28,7 +28,9 @@ options:
   state:
     description:
       - V(started) starts the node when it does not run.
-      - V(stopped) stops it when it runs; gracefully (C(kong quit)) unless O(graceful=false).
+      - V(stopped) stops it when it runs; gracefully (C(kong quit)) unless O(graceful=false). The module then waits
+        until the node's nginx master has exited, up to 10 s more, because C(kong quit) returns once the PID file is gone,
+        and C(kong stop) once it sent the signal, both before nginx closes its listening sockets and exits.
       - V(restarted) always restarts it (C(kong restart)).
       - V(reloaded) reloads a running node (C(kong reload)); fails when it does not run.
     type: str
@@ -135,6 +137,11 @@ duration_seconds:
   returned: when a command ran
   type: float
   sample: 3.274
+exit_wait_seconds:
+  description: How long the stopped node's nginx master took to exit after the stop command returned.
+  returned: when O(state=stopped) stopped a node whose PID file named its nginx master
+  type: float
+  sample: 0.021
 stopped_answering_epoch:
   description:
     - When the stopped node's proxy stopped accepting connections (seconds since the epoch, the node's clock),
@@ -174,10 +181,59 @@ from ansible_collections.kongops.upgrade.plugins.module_utils._kong_cli import (
 )
 from ansible_collections.kongops.upgrade.plugins.module_utils._smoke import SMOKE_REQUEST_OPTIONS, run_requests
 
+# How long a stopped node's nginx master may take to exit once `kong quit` or `kong stop` returned.
+EXIT_GRACE_SECONDS = 10
+
 
 def is_running(cli):
     result = cli.run(["health"], with_conf=False)
     return result.rc == 0, result
+
+
+def proc_start_time(pid):
+    """The start time of ``pid`` from /proc (None where /proc does not show it), and whether it is a zombie."""
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as handle:
+            fields = handle.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None, False
+    return (fields[19] if len(fields) > 19 else None), fields[:1] in ([b"Z"], [b"X"])
+
+
+def nginx_master(prefix):
+    """(pid, start time) of the nginx master named by ``<prefix>/pids/nginx.pid``, or None."""
+    try:
+        with open(os.path.join(prefix, "pids", "nginx.pid")) as handle:
+            text = handle.read().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    if not text.isdigit() or int(text) <= 0:
+        return None
+    pid = int(text)
+    return pid, proc_start_time(pid)[0]
+
+
+def master_exited(master):
+    """Whether the process (pid, start time) is gone: no such pid, a zombie, or another process by now."""
+    pid, started = master
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # it exists, owned by another user
+    now_started, zombie = proc_start_time(pid)
+    return zombie or (started is not None and now_started is not None and now_started != started)
+
+
+def wait_exit(master, grace):
+    """Seconds the master took to exit, or None when it still runs after ``grace`` seconds."""
+    started = time.time()
+    while not master_exited(master):
+        if time.time() - started >= grace:
+            return None
+        time.sleep(0.05)
+    return round(time.time() - started, 3)
 
 
 def log_size(path):
@@ -330,6 +386,7 @@ def main():
     with_conf = command[0] in ("start", "restart", "reload")
     # Stopping: when the proxy stopped accepting (clients lose the node then, not when the command ends).
     watched = proxy_endpoints(params["prefix"]) if state == "stopped" else []
+    master = nginx_master(params["prefix"]) if state == "stopped" else None
     with ListenWatch(watched) as watch:
         outcome = cli.run(command, with_conf=with_conf, db_options=command[0] in ("start", "restart"))
     result["duration_seconds"] = round(time.time() - started, 3)
@@ -339,6 +396,16 @@ def main():
     if outcome.rc != 0:
         module.fail_json(msg="`kong %s` failed for the node in %s (rc=%s): %s" % (
             command[0], params["prefix"], outcome.rc, outcome.error_line or outcome.stdout.strip()), **result)
+    if master is not None:
+        # `kong quit` returns when the PID file is gone and `kong stop` when the signal is sent; nginx
+        # closes its listening sockets after that. Stopped means exited, so that a node started next
+        # on the same ports (in-place) finds them free.
+        result["exit_wait_seconds"] = wait_exit(master, EXIT_GRACE_SECONDS)
+        if result["exit_wait_seconds"] is None:
+            result.pop("exit_wait_seconds")
+            module.fail_json(msg="after `kong %s` (rc=0) the nginx master (pid %s) of the node in %s still runs %s s "
+                             "later; see its logs/error.log" % (command[0], master[0], params["prefix"],
+                                                                EXIT_GRACE_SECONDS), **result)
     result["running"], _health = is_running(cli)
     if result["running"] != predicted:
         module.fail_json(msg="after `kong %s` the node in %s %s" % (
