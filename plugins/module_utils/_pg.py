@@ -4,8 +4,10 @@
 """PostgreSQL access through the client tools (psql, pg_dump, pg_restore).
 
 Private to the collection. The managed node needs the PostgreSQL client, which a
-backup needs anyway; no Python driver is required. The password is written to a
-private PGPASSFILE for the duration of the call, never to a command line.
+backup needs anyway; no Python driver is required. The password reaches the tools in
+their environment (PGPASSWORD, which only their own user and root can read, in
+/proc/<pid>/environ), never on a command line nor in a file: a password file would
+outlive a module that is killed (SIGKILL, a crash of the host's Ansible run).
 """
 
 from __future__ import annotations
@@ -37,12 +39,8 @@ class PgError(Exception):
     """A PostgreSQL operation failed; the message says what and what to do."""
 
 
-def _escape_passfile(value):
-    return str(value).replace("\\", "\\\\").replace(":", "\\:")
-
-
 class PgClient:
-    """Runs psql/pg_dump/pg_restore for one server with a private password file."""
+    """Runs psql/pg_dump/pg_restore for one server, the password in their environment."""
 
     def __init__(self, module, host, port, user, password, database, sslmode="prefer", bin_dir=None):
         self.module = module
@@ -54,7 +52,6 @@ class PgClient:
         self.sslmode = sslmode
         self.bin_dir = bin_dir
         self._tmpdir = None
-        self._passfile = None
         # The options a refused login points at (another connection, as the superuser one, names its own).
         self.login_options = "pg_user and pg_password"
 
@@ -66,7 +63,7 @@ class PgClient:
 
     def for_database(self, database):
         other = PgClient(self.module, self.host, self.port, self.user, self.password, database, self.sslmode, self.bin_dir)
-        other._tmpdir, other._passfile = self._tmpdir, self._passfile
+        other._tmpdir = self._tmpdir
         other.login_options = self.login_options
         return other
 
@@ -74,19 +71,12 @@ class PgClient:
     def __enter__(self):
         self._tmpdir = tempfile.mkdtemp(prefix="kongops-pg-")
         os.chmod(self._tmpdir, 0o700)
-        if self.password:
-            self._passfile = os.path.join(self._tmpdir, "pgpass")
-            fd = os.open(self._passfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as handle:
-                handle.write("%s:%s:*:%s:%s\n" % (_escape_passfile(self.host), self.port, _escape_passfile(self.user),
-                                                  _escape_passfile(self.password)))
         return self
 
     def __exit__(self, *exc_info):
         if self._tmpdir:
             shutil.rmtree(self._tmpdir, ignore_errors=True)
         self._tmpdir = None
-        self._passfile = None
         return False
 
     def private_path(self, name):
@@ -112,8 +102,8 @@ class PgClient:
         env = {"PGHOST": str(self.host), "PGPORT": str(self.port), "PGUSER": str(self.user),
                "PGDATABASE": str(self.database), "PGSSLMODE": self.sslmode, "PGCONNECT_TIMEOUT": "10",
                "PGAPPNAME": "kongops.upgrade", "PGOPTIONS": "-c statement_timeout=0"}
-        if self._passfile:
-            env["PGPASSFILE"] = self._passfile
+        if self.password:
+            env["PGPASSWORD"] = str(self.password)
         return env
 
     def run(self, argv, data=None):

@@ -123,9 +123,37 @@ options:
     type: str
   superuser_pg_password:
     description:
-      - Password of O(superuser_pg_user). Given to C(psql) in its own private password file, never on a command
-        line, and never logged.
+      - Password of O(superuser_pg_user). Given to C(psql) in its environment, never on a command line nor in a
+        file, and never logged.
     type: str
+  background:
+    description:
+      - With O(state=verified), start the proof in a detached process on the host and return at once with
+        RV(job_id); a later run with O(job_id) waits for it and returns (or fails with) what the proof found.
+      - Unlike Ansible's C(async), which does not pipeline and so keeps the module with its arguments (the database
+        password) in a file on the host while the job runs, the arguments stay in the memory of the process. The
+        outcome is written to O(job_dir) and holds no secret.
+      - In check mode the proof runs at once, as without O(background).
+    type: bool
+    default: false
+  job_id:
+    description:
+      - Collect the proof a run with O(background=true) started (its RV(job_id)) instead of doing anything else,
+        that is, wait up to O(wait_timeout) seconds for it, remove its files, and return what it returned, or fail as it
+        failed. Fails when there is no such job, when its process died without an outcome, or at the timeout (the
+        job then goes on and can be collected again).
+    type: str
+  job_dir:
+    description:
+      - Directory of the background jobs' outcomes (mode 0700, created when missing), on the host that runs the
+        module. It must belong to the user the module runs as.
+    type: path
+    default: ~/.kongops_jobs
+  wait_timeout:
+    description:
+      - Seconds a run with O(job_id) waits for the job.
+    type: int
+    default: 300
 attributes:
   check_mode:
     support: full
@@ -174,9 +202,19 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+job_id:
+  description: The background proof just started; give it to O(job_id) to collect it.
+  returned: when O(background=true) started a proof
+  type: str
+  sample: 6f1d0c2ab8e94f4f9d2a7c55e1b0a3d4
+job_dir:
+  description: Where the background proof writes its outcome.
+  returned: when O(background=true) started a proof
+  type: str
+  sample: /home/kong/.kongops_jobs
 frozen:
   description: Whether the configuration is frozen after the module ran.
-  returned: always
+  returned: always, except when O(background=true) started a proof
   type: bool
   sample: true
 frozen_at:
@@ -283,6 +321,12 @@ import json
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.kongops.upgrade.plugins.module_utils._admin_api import AdminApiError, KongHttp
+from ansible_collections.kongops.upgrade.plugins.module_utils._background import (
+    BackgroundError,
+    BackgroundFailure,
+    collect,
+    start,
+)
 from ansible_collections.kongops.upgrade.plugins.module_utils._freeze import (
     FreezeError,
     compare,
@@ -477,14 +521,41 @@ def main():
         status_url=dict(type="str"),
         superuser_pg_user=dict(type="str"),
         superuser_pg_password=dict(type="str", no_log=True),
+        background=dict(type="bool", default=False),
+        job_id=dict(type="str"),
+        job_dir=dict(type="path", default="~/.kongops_jobs"),
+        wait_timeout=dict(type="int", default=300),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
-                           required_by={"superuser_pg_password": "superuser_pg_user"})
-    if module.params["mode"] == "dbless":
+                           required_by={"superuser_pg_password": "superuser_pg_user"},
+                           mutually_exclusive=[("background", "job_id")])
+    params = module.params
+    if params["job_id"]:
+        try:
+            outcome = collect(params["job_dir"], params["job_id"], params["wait_timeout"])
+        except BackgroundError as exc:
+            module.fail_json(msg="cannot collect the background proof: %s" % exc)
+        if outcome.pop("failed", False):
+            module.fail_json(**outcome)
+        module.exit_json(**outcome)
+    if params["background"] and (params["state"] != "verified" or params["mode"] != "database"):
+        module.fail_json(msg="background applies to state=verified with mode=database only")
+    if params["mode"] == "dbless":
         try:
             module.exit_json(**run_dbless(module))
         except AdminApiError as exc:
             module.fail_json(msg="cannot read the DB-less node: %s" % exc)
+    if params["background"] and not module.check_mode:
+        try:
+            start(module, params["job_dir"], lambda: database_result(module, BackgroundFailure))
+        except BackgroundError as exc:
+            module.fail_json(msg="cannot start the background proof: %s" % exc)
+    module.exit_json(**database_result(module))
+
+
+def database_result(module, failure=None):
+    """What the module returns for a PostgreSQL-backed cluster; a failure fails the module, or raises
+    ``failure(msg, result)`` when given (in a background job)."""
     try:
         with contextlib.ExitStack() as stack:
             pg = stack.enter_context(PgClient.from_params(module))
@@ -493,13 +564,16 @@ def main():
                 check_superuser_connection(module, su, pg.user)
             result = run_database(module, pg, su)
     except FreezeError as exc:
-        extra = exc.args[1] if len(exc.args) > 1 else {}
-        module.fail_json(msg=str(exc.args[0]), **extra)
+        msg, extra = str(exc.args[0]), (exc.args[1] if len(exc.args) > 1 else {})
     except PgError as exc:
-        module.fail_json(msg=str(exc))
-    if not module._diff:
-        result.pop("diff", None)
-    module.exit_json(**result)
+        msg, extra = str(exc), {}
+    else:
+        if not module._diff:
+            result.pop("diff", None)
+        return result
+    if failure is not None:
+        raise failure(msg, extra)
+    module.fail_json(msg=msg, **extra)
 
 
 def superuser_client(module, pg):

@@ -179,6 +179,7 @@ from ansible_collections.kongops.upgrade.plugins.module_utils._kong_cli import (
     proxy_endpoints,
     read_conf_file,
 )
+from ansible_collections.kongops.upgrade.plugins.module_utils._proc import pid_running, start_time
 from ansible_collections.kongops.upgrade.plugins.module_utils._smoke import SMOKE_REQUEST_OPTIONS, run_requests
 
 # How long a stopped node's nginx master may take to exit once `kong quit` or `kong stop` returned.
@@ -188,16 +189,6 @@ EXIT_GRACE_SECONDS = 10
 def is_running(cli):
     result = cli.run(["health"], with_conf=False)
     return result.rc == 0, result
-
-
-def proc_start_time(pid):
-    """The start time of ``pid`` from /proc (None where /proc does not show it), and whether it is a zombie."""
-    try:
-        with open("/proc/%d/stat" % pid, "rb") as handle:
-            fields = handle.read().rsplit(b")", 1)[1].split()
-    except (OSError, IndexError):
-        return None, False
-    return (fields[19] if len(fields) > 19 else None), fields[:1] in ([b"Z"], [b"X"])
 
 
 def nginx_master(prefix):
@@ -210,26 +201,13 @@ def nginx_master(prefix):
     if not text.isdigit() or int(text) <= 0:
         return None
     pid = int(text)
-    return pid, proc_start_time(pid)[0]
-
-
-def master_exited(master):
-    """Whether the process (pid, start time) is gone: no such pid, a zombie, or another process by now."""
-    pid, started = master
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        pass  # it exists, owned by another user
-    now_started, zombie = proc_start_time(pid)
-    return zombie or (started is not None and now_started is not None and now_started != started)
+    return pid, start_time(pid)[0]
 
 
 def wait_exit(master, grace):
     """Seconds the master took to exit, or None when it still runs after ``grace`` seconds."""
     started = time.time()
-    while not master_exited(master):
+    while pid_running(*master):
         if time.time() - started >= grace:
             return None
         time.sleep(0.05)

@@ -44,7 +44,7 @@ description:
     M(kongops.upgrade.kong_config_freeze) with O(kongops.upgrade.kong_config_freeze#module:state=frozen) and a
     superuser connection on it to guard it again, or thaw it as Kong's role.
   - C(pg_dump), C(pg_restore) and C(psql) run from an argument list, never a shell. The password is given to them
-    in a private password file (C(PGPASSFILE)), never on a command line.
+    in their environment (C(PGPASSWORD)), never on a command line nor in a file.
 author:
   - kongops.upgrade maintainers (@kongops)
 extends_documentation_fragment:

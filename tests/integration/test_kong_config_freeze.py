@@ -7,6 +7,9 @@ again. The tests run in order on one lab and build on each other.
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
 from pathlib import Path
 
 import psycopg2
@@ -133,6 +136,58 @@ def test_verified_after_up_proves_nothing_changed(lab, seen):
     assert result["unchanged"]["unchanged"] and result["differences"] == {}
     assert result["fingerprint"]["keys_hash"] == seen["first"]["keys_hash"]
     assert set(result["guarded_tables"]) >= set(result["newly_guarded"])
+    seen["verified"] = result
+
+
+def test_verified_in_the_background_is_the_same_proof_collected_later(lab, seen, tmp_path):
+    """background=true (in-place proves the configuration while Y starts): the module returns a job id at
+    once, the proof's outcome waits in a private file without the password, and collecting it returns
+    what the foreground proof returned, or fails as it fails; a job is collected once."""
+    jobs = tmp_path / "jobs"
+    started, failing = run_tasks([
+        ("kong_config_freeze", freeze_args(lab, "verified", background=True, job_dir=str(jobs)), False),
+        ("kong_config_freeze", freeze_args(lab, "verified", background=True, job_dir=str(jobs),
+                                           expected_fingerprint="0" * 64), False)])
+    for result in (started, failing):
+        assert not result.failed and not result.changed, result.get("msg")
+        assert set(result) >= {"job_id", "job_dir"} and "fingerprint" not in result, result
+    outcome = jobs / (started["job_id"] + ".json")
+    poll(outcome.exists, 60, "the background proof's outcome")
+    assert jobs.stat().st_mode & 0o777 == 0o700 and outcome.stat().st_mode & 0o777 == 0o600
+    assert lab.password.encode() not in outcome.read_bytes()
+
+    collected, refused, again = run_tasks([
+        ("kong_config_freeze", {"job_id": started["job_id"], "job_dir": str(jobs)}, False),
+        ("kong_config_freeze", {"job_id": failing["job_id"], "job_dir": str(jobs)}, False),
+        ("kong_config_freeze", {"job_id": started["job_id"], "job_dir": str(jobs)}, False)])
+    assert not collected.failed, collected.get("msg")
+    for key in ("unchanged", "differences", "fingerprint", "frozen", "run_id"):
+        assert collected[key] == seen["verified"][key], key
+    assert refused.failed and "changed since it was frozen" in refused["msg"], refused.get("msg")
+    assert refused["unchanged"]["unchanged"] is False
+    assert again.failed and "there is no job" in again["msg"], again.get("msg")
+    assert list(jobs.iterdir()) == []
+
+
+def test_a_background_proof_that_hangs_times_out_and_one_that_is_killed_says_so(tmp_path):
+    """PostgreSQL that accepts and never answers: the proof waits (psql's connect timeout is 10 s); a
+    collect with a shorter wait says the job is still at work; killed, the job is named as dead."""
+    silent = socket.create_server(("127.0.0.1", 0))
+    try:
+        jobs = tmp_path / "jobs"
+        args = {"pg_host": "127.0.0.1", "pg_port": silent.getsockname()[1], "pg_password": "never-shown-4c1",
+                "state": "verified", "background": True, "job_dir": str(jobs)}
+        started = run_module("kong_config_freeze", args)
+        assert not started.failed, started.get("msg")
+        waited = run_module("kong_config_freeze", {"job_id": started["job_id"], "job_dir": str(jobs),
+                                                   "wait_timeout": 1})
+        assert waited.failed and "is still at work after 1 s" in waited["msg"], waited.get("msg")
+        pid = int((jobs / (started["job_id"] + ".pid")).read_text())
+        os.kill(pid, signal.SIGKILL)
+        dead = run_module("kong_config_freeze", {"job_id": started["job_id"], "job_dir": str(jobs)})
+        assert dead.failed and "ended without an outcome" in dead["msg"], dead.get("msg")
+    finally:
+        silent.close()
 
 
 def test_thaw_four_ways_then_every_writer_is_accepted(lab):

@@ -9,7 +9,8 @@ import subprocess
 import sys
 import time
 
-from ansible_collections.kongops.upgrade.plugins.modules.kong_service import master_exited, nginx_master, wait_exit
+from ansible_collections.kongops.upgrade.plugins.module_utils._proc import pid_running
+from ansible_collections.kongops.upgrade.plugins.modules.kong_service import nginx_master, wait_exit
 
 LINGERING_MASTER = r"""
 import os, signal, sys, time
@@ -49,10 +50,10 @@ def test_waits_for_a_master_that_outlives_its_pid_file(tmp_path):
             assert time.monotonic() < deadline
             time.sleep(0.01)
         # Here `kong quit` would return: the PID file is gone, the master still runs.
-        assert not master_exited(master)
+        assert pid_running(*master)
         waited = wait_exit(master, grace=10)
         assert waited is not None and waited >= 0.5, waited
-        assert master_exited(master)  # a zombie (our unreaped child) counts as exited
+        assert not pid_running(*master)  # a zombie (our unreaped child) counts as exited
     finally:
         proc.kill()
         proc.wait()
@@ -63,11 +64,11 @@ def test_a_master_that_does_not_exit_is_reported(tmp_path):
     try:
         master = nginx_master(str(tmp_path))
         assert wait_exit(master, grace=0.3) is None
-        assert not master_exited(master)
+        assert pid_running(*master)
     finally:
         proc.kill()
         proc.wait()
-    assert master_exited(master)
+    assert not pid_running(*master)
 
 
 def test_no_pid_file_or_garbage_names_no_master(tmp_path):
