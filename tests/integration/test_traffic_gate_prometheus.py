@@ -204,7 +204,10 @@ def test_a_slower_y_fails_the_latency_limit_of_every_source(lab, prom):
         assert latency["result"] == "fail", (source, latency)
         # No error: the latency limit alone failed the step.
         assert result["y"]["errors"] == 0 and result["y"]["requests"] >= 300, (source, result["y"])
-        assert latency["x_ms"] < 50 < 1000 * DELAY_SECONDS <= latency["y_ms"], (source, latency)
+        # Y's requests all waited DELAY_SECONDS; X's did not, but its p99 is not a fixed number on a busy
+        # machine (89.5 ms seen in a CI check), so it is only compared with Y's.
+        assert latency["x_ms"] < 1000 * DELAY_SECONDS <= latency["y_ms"], (source, latency)
+        assert latency["y_ms"] > latency["limit_ms"], (source, latency)
         assert latency["limit_ms"] == pytest.approx(max(2 * latency["x_ms"], latency["x_ms"] + 50)), (source, latency)
         assert result["reason"].startswith(f"Y's {latency['statistic']} "), (source, result["reason"])
         assert "is above the limit" in result["reason"]
