@@ -7,9 +7,9 @@ again. The tests run in order on one lab and build on each other.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
-import socket
 from pathlib import Path
 
 import psycopg2
@@ -170,24 +170,30 @@ def test_verified_in_the_background_is_the_same_proof_collected_later(lab, seen,
 
 
 def test_a_background_proof_that_hangs_times_out_and_one_that_is_killed_says_so(tmp_path):
-    """PostgreSQL that accepts and never answers: the proof waits (psql's connect timeout is 10 s); a
-    collect with a shorter wait says the job is still at work; killed, the job is named as dead."""
-    silent = socket.create_server(("127.0.0.1", 0))
+    """A psql that never ends (a stand-in in pg_bin_dir): a collect with a shorter wait says the job is still
+    at work; killed, the job is named as dead."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    psql_pid = tmp_path / "psql.pid"
+    (bin_dir / "psql").write_text(f"#!/bin/sh\necho $$ > {psql_pid}\nexec sleep 300\n")
+    (bin_dir / "psql").chmod(0o755)
+    jobs = tmp_path / "jobs"
+    args = {"pg_bin_dir": str(bin_dir), "pg_password": "never-shown-4c1", "state": "verified", "background": True,
+            "job_dir": str(jobs)}
+    started = run_module("kong_config_freeze", args)
+    assert not started.failed, started.get("msg")
     try:
-        jobs = tmp_path / "jobs"
-        args = {"pg_host": "127.0.0.1", "pg_port": silent.getsockname()[1], "pg_password": "never-shown-4c1",
-                "state": "verified", "background": True, "job_dir": str(jobs)}
-        started = run_module("kong_config_freeze", args)
-        assert not started.failed, started.get("msg")
+        poll(psql_pid.exists, 60, "the background proof to run psql")
         waited = run_module("kong_config_freeze", {"job_id": started["job_id"], "job_dir": str(jobs),
                                                    "wait_timeout": 1})
         assert waited.failed and "is still at work after 1 s" in waited["msg"], waited.get("msg")
-        pid = int((jobs / (started["job_id"] + ".pid")).read_text())
-        os.kill(pid, signal.SIGKILL)
+        os.kill(int((jobs / (started["job_id"] + ".pid")).read_text()), signal.SIGKILL)
         dead = run_module("kong_config_freeze", {"job_id": started["job_id"], "job_dir": str(jobs)})
         assert dead.failed and "ended without an outcome" in dead["msg"], dead.get("msg")
     finally:
-        silent.close()
+        if psql_pid.exists():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(psql_pid.read_text()), signal.SIGKILL)
 
 
 def test_thaw_four_ways_then_every_writer_is_accepted(lab):
