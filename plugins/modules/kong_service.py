@@ -378,12 +378,12 @@ def main():
         # `kong quit` returns when the PID file is gone and `kong stop` when the signal is sent; nginx
         # closes its listening sockets after that. Stopped means exited, so that a node started next
         # on the same ports (in-place) finds them free.
-        result["exit_wait_seconds"] = wait_exit(master, EXIT_GRACE_SECONDS)
-        if result["exit_wait_seconds"] is None:
-            result.pop("exit_wait_seconds")
+        waited = wait_exit(master, EXIT_GRACE_SECONDS)
+        if waited is None:
             module.fail_json(msg="after `kong %s` (rc=0) the nginx master (pid %s) of the node in %s still runs %s s "
                              "later; see its logs/error.log" % (command[0], master[0], params["prefix"],
                                                                 EXIT_GRACE_SECONDS), **result)
+        result["exit_wait_seconds"] = waited
     result["running"], _health = is_running(cli)
     if result["running"] != predicted:
         module.fail_json(msg="after `kong %s` the node in %s %s" % (
